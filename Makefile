@@ -1,0 +1,45 @@
+# Two commands on a fresh machine:  `make test`  and  `make demo`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Offline everywhere: nothing is fetched from the Hugging Face Hub at run time.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The whole suite (slow tests included), with a throw-away HF_HOME so no cache leaks in or out.
+test: install
+	@HF_HOME=$$(mktemp -d) && export HF_HOME && \
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; rm -rf "$$HF_HOME"; exit $$rc
+
+# Only the quick tests (deselects those marked slow).
+test-fast: install
+	@HF_HOME=$$(mktemp -d) && export HF_HOME && \
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; rm -rf "$$HF_HOME"; exit $$rc
+
+# The whole pipeline on the built-in offline tiny default.
+demo: install
+	$(VENV)/bin/dfkd run --config configs/tiny.yaml output_dir=runs/tiny-demo
+
+lint: install
+	$(VENV)/bin/ruff check dfkd prompts synth distill tests bench
+
+bench: install
+	$(PY) bench/prompts_bench.py
+	$(PY) bench/synth_bench.py
+	$(PY) bench/distill_bench.py
+
+clean:
+	rm -rf runs/tiny-demo .pytest_cache

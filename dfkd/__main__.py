@@ -1,0 +1,4 @@
+from dfkd.cli import main
+import sys
+
+sys.exit(main())

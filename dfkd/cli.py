@@ -1,0 +1,234 @@
+"""``dfkd``: the command line. ``python -m synth`` / ``python -m distill`` land here too.
+
+Each command is declared once in :data:`COMMANDS`; its handler is imported lazily (``"pkg.mod:fn"``)
+so that ``--help`` is instant and a stage that is not built yet says so plainly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import UserError
+
+PROG = "dfkd"
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    description: str
+    example: str
+    handler: str  #: "module:function"; called as fn(cfg, args) when uses_config else fn(args)
+    uses_config: bool = True
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    subcommands: list["Command"] = field(default_factory=list)
+
+
+def _make_tiny_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="folder to write clip/, sd/, vqgan/ and vae/ into")
+    p.add_argument("--only", default=None, help="comma-separated subset of: clip, sd, vqgan, vae")
+
+
+def _push_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a dataset folder written by `dfkd synth` (OUTPUT_DIR/dataset)")
+    p.add_argument("repo", help="the Hub dataset repository, user/name")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", default=None, help="branch to upload to (default: main)")
+
+
+def _prompts_show_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", type=int, default=3, help="rendered prompts to print per class (default: 3)")
+
+
+COMMANDS: list[Command] = [
+    Command(
+        "run", "run the whole pipeline: prompts -> synth -> distill -> eval",
+        "Runs every stage in order; a stage that already finished is skipped, one that was interrupted resumes.",
+        "dfkd run --config configs/tiny.yaml output_dir=runs/tiny", "dfkd.pipeline:run",
+    ),
+    Command(
+        "prompts", "learn and inspect diversified prompts",
+        "Prompt diversification (Mix-, Random-, Contrastive-Prompt).", "dfkd prompts show --config configs/tiny.yaml prompts.method=mix",
+        "", subcommands=[
+            Command("learn", "learn Contrastive-Prompt style vectors into OUTPUT_DIR/prompts",
+                    "Learns K style vectors with the InfoNCE diversity loss and the class-consistency loss, with a memory "
+                    "bank; resumes from its checkpoint when interrupted.",
+                    "dfkd prompts learn --config configs/tiny.yaml output_dir=/tmp/p", "prompts.cli:learn"),
+            Command("show", "print sample prompts, text-level diversity and class consistency",
+                    "Compares prompt methods in seconds, before any image is generated; writes OUTPUT_DIR/prompts/show-METHOD.json.",
+                    "dfkd prompts show --config configs/tiny.yaml prompts.method=contrastive", "prompts.cli:show",
+                    add_arguments=_prompts_show_args),
+        ],
+    ),
+    Command(
+        "synth", "synthesise the surrogate image dataset into OUTPUT_DIR/dataset",
+        "Generates images_per_class images per class with the configured backend and prompt method, as a "
+        "resumable Hugging Face dataset (parquet shards + card). Works under `accelerate launch -m synth`.",
+        "dfkd synth --config configs/tiny.yaml synth.images_per_class=4 output_dir=/tmp/run", "synth.cli:main",
+    ),
+    Command(
+        "push-dataset", "upload a synthesised dataset folder to the Hugging Face Hub",
+        "Uploads OUTPUT_DIR/dataset shard by shard with huggingface_hub; the token comes from HF_TOKEN or `hf auth login`.",
+        "dfkd push-dataset runs/pacs/dataset me/pacs-synthetic", "synth.cli:push_dataset", uses_config=False,
+        add_arguments=_push_dataset_args,
+    ),
+    Command(
+        "distill", "distil the CLIP teacher into a student on the synthetic dataset",
+        "Trains the student with Accelerate (works under `accelerate launch -m distill`), checkpoints, resumes, "
+        "evaluates and exports OUTPUT_DIR/student.",
+        "dfkd distill --config configs/tiny.yaml distill.student=resnet18", "distill.cli:main",
+    ),
+    Command(
+        "eval", "evaluate teacher and student per domain on real data",
+        "Per-domain top-1 of the teacher's zero-shot head and of the student, side by side, on a DomainBed-layout "
+        "folder or a Hugging Face dataset with a domain column; writes OUTPUT_DIR/eval.json and eval.md.",
+        "dfkd eval --config configs/pacs.yaml eval.data=/data/PACS", "distill.cli:evaluate",
+    ),
+    Command(
+        "config", "validate a config and print it fully resolved",
+        "Loads the YAML, applies the overrides, checks every key and value, and prints the result.",
+        "dfkd config --config configs/pacs.yaml synth.images_per_class=10", "dfkd.cli:_show_config",
+    ),
+    Command(
+        "make-tiny", "build the tiny offline models (tiny:clip, tiny:sd, tiny:vqgan, tiny:vae) into a folder",
+        "Builds deterministic, random-weight tiny models with save_pretrained; they load with from_pretrained "
+        "(CLIPModel, CLIPProcessor, StableDiffusionPipeline, VQModel, AutoencoderKL). Their tokenizer is the real "
+        "OpenAI CLIP BPE.",
+        "dfkd make-tiny /tmp/tiny", "dfkd.cli:_make_tiny", uses_config=False, add_arguments=_make_tiny_args,
+    ),
+]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="PATH", help="experiment YAML file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. synth.images_per_class=4 output_dir=/tmp/run")
+
+
+def _add_command(sub: argparse._SubParsersAction, cmd: Command) -> None:
+    epilog = f"example:\n  {cmd.example}" if cmd.example else None
+    p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if cmd.subcommands:
+        inner = p.add_subparsers(dest=f"{cmd.name}_command", metavar="SUBCOMMAND", required=True)
+        for c in cmd.subcommands:
+            _add_command(inner, c)
+        return
+    if cmd.uses_config:
+        _add_config_args(p)
+    if cmd.add_arguments:
+        cmd.add_arguments(p)
+    p.set_defaults(_command=cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    examples = "\n".join(f"  {c.example}" for c in COMMANDS if c.example)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=textwrap.dedent("""\
+            Data-free knowledge distillation of CLIP: synthesise style-diverse images for your class names
+            with prompt diversification, then distil the CLIP teacher into a small student.
+
+            Every command reads one experiment YAML (--config) plus dotted KEY=VALUE overrides.
+            Add --debug anywhere to see full tracebacks."""),
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS:
+        _add_command(sub, cmd)
+    return parser
+
+
+def _resolve_handler(spec: str) -> Callable:
+    module, _, attr = spec.partition(":")
+    fn = getattr(importlib.import_module(module), attr, None)
+    if fn is None:
+        raise RuntimeError(f"command handler {spec} is missing")
+    return fn
+
+
+def _show_config(cfg, args) -> int:
+    from .config import dump_config
+
+    print(dump_config(cfg), end="")
+    return 0
+
+
+def _make_tiny(args) -> int:
+    from .tiny import TINY_BUILDERS, build_all
+
+    names = None
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        bad = [n for n in names if n not in TINY_BUILDERS]
+        if bad:
+            raise UserError(f"unknown tiny model '{bad[0]}' in --only; valid: {', '.join(TINY_BUILDERS)}")
+    for name, path in build_all(args.dir, names).items():
+        print(f"tiny:{name:<6} -> {path}")
+    return 0
+
+
+def _setup_environment() -> None:
+    # Quieter third-party progress bars/logs for a CLI whose own progress bars matter.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from diffusers.utils import logging as df_logging
+
+        df_logging.set_verbosity_error()
+        df_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_command(args: argparse.Namespace) -> int:
+    cmd: Command = args._command
+    handler = _resolve_handler(cmd.handler)
+    if not cmd.uses_config:
+        _setup_environment()
+        return int(handler(args) or 0)
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    _setup_environment()
+    return int(handler(cfg, args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DFKD_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    args = build_parser().parse_args(argv)
+    try:
+        return run_command(args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def module_main(command: str) -> None:
+    """Entry point of ``python -m synth`` / ``python -m distill`` (and ``accelerate launch -m ...``)."""
+    sys.exit(main([command, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

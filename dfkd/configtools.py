@@ -1,0 +1,207 @@
+"""Strict, typed configuration: YAML (``safe_load`` only) + dotted overrides -> dataclasses.
+
+Every section of an experiment file is a dataclass owned by the package that uses it. The loader
+here is generic: unknown keys, wrong types and impossible values are :class:`UserError` s that name
+the dotted key and, where there is a closed set, the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import UserError
+
+_MISSING = dataclasses.MISSING
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load`` (configs are data, never code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist; pass an existing YAML file with --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of sections (classes, prompts, synth, ...)")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"synth.images_per_class=4"`` -> (``["synth", "images_per_class"]``, ``4``).
+
+    The value is parsed as YAML so that numbers, booleans, ``null`` and ``[a, b]`` lists work.
+    """
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form key.sub=value (e.g. synth.images_per_class=4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}' has an empty key; write it as key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted override into a (copied) nested mapping; intermediate mappings are created."""
+    data = _deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                dotted = ".".join(parts[: i + 1])
+                raise UserError(f"override '{text}': '{dotted}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deepcopy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deepcopy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deepcopy(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except UserError as exc:
+                errors.append(exc)
+        raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            valid = ", ".join(str(c) for c in choices)
+            raise UserError(f"config key '{key}' must be one of: {valid} (got {value!r})")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin is list or tp is list:
+        (item_tp,) = get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
+        args = get_args(tp)
+        val_tp = args[1] if args else Any
+        return {str(k): _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; reject unknown keys and wrong types by dotted name.
+
+    After construction, ``obj.validate(prefix)`` is called when the class defines it, so each
+    section checks its own impossible values (``images_per_class=0``, ...).
+    """
+    if not isinstance(data, dict):
+        raise UserError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        valid = ", ".join(sorted(fields))
+        raise UserError(f"unknown config key '{key}'; valid keys here are: {valid}")
+    kwargs = {}
+    for name, field in fields.items():
+        key = f"{prefix}{name}"
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], key)
+        elif field.default is _MISSING and field.default_factory is _MISSING:  # type: ignore[misc]
+            raise UserError(f"config key '{key}' is required; add it to the config file or pass {key}=...")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(prefix)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain nested dict/list/scalars (for YAML/JSON)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """Raise a :class:`UserError` about ``key`` unless ``condition`` holds."""
+    if not condition:
+        raise UserError(f"config key '{key}' {message}")
+
+
+__all__ = ["load_yaml", "parse_override", "apply_overrides", "from_dict", "to_dict", "check", "typing"]

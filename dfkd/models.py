@@ -1,0 +1,71 @@
+"""Model ids: ``tiny:*`` resolves to locally built tiny models, anything else goes to ``from_pretrained``.
+
+Every place that accepts a model id calls :func:`resolve_model_id` and loads through
+:func:`load_pretrained`, so a Hub id (``openai/clip-vit-base-patch32``), a local folder and
+``tiny:clip`` all take the same, real ``from_pretrained`` path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+TINY_PREFIX = "tiny:"
+
+
+def is_tiny(model_id: str) -> bool:
+    return model_id.startswith(TINY_PREFIX)
+
+
+def tiny_cache_dir() -> Path:
+    """Where ``tiny:*`` models are built once: ``$DFKD_TINY_DIR`` or ``$HF_HOME/dfkd-tiny`` or ``~/.cache/dfkd/tiny``."""
+    if os.environ.get("DFKD_TINY_DIR"):
+        return Path(os.environ["DFKD_TINY_DIR"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "dfkd-tiny"
+    return Path.home() / ".cache" / "dfkd" / "tiny"
+
+
+def resolve_model_id(model_id: str) -> str:
+    """``tiny:NAME`` -> the local folder of that tiny model (built on first use); else ``model_id`` unchanged."""
+    if not isinstance(model_id, str) or not model_id:
+        raise UserError(f"model id {model_id!r} is empty; give a Hub id, a local folder or tiny:clip")
+    if not is_tiny(model_id):
+        return model_id
+    from .tiny import TINY_BUILDERS, ensure_tiny
+
+    name = model_id[len(TINY_PREFIX):]
+    if name not in TINY_BUILDERS:
+        valid = ", ".join(TINY_PREFIX + n for n in TINY_BUILDERS)
+        raise UserError(f"unknown tiny model '{model_id}'; valid tiny models are: {valid}")
+    return str(ensure_tiny(name, tiny_cache_dir()))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: Any) -> Any:
+    """``cls.from_pretrained(resolve_model_id(model_id), **kwargs)`` with a one-line error when it cannot load.
+
+    ``trust_remote_code`` is never turned on here; callers pass it only when the user asked.
+    """
+    path = resolve_model_id(model_id)
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        if Path(path).exists():
+            raise UserError(
+                f"cannot load {what} from local folder '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "check that it was written with save_pretrained"
+            ) from exc
+        hint = (
+            "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache; download it first "
+            f"(`hf download {model_id}`) or pass a local folder"
+            if _offline()
+            else "check the id on the Hugging Face Hub, your network and your login, or pass a local folder"
+        )
+        raise UserError(f"cannot load {what} '{model_id}': {hint}") from exc

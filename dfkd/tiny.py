@@ -1,0 +1,220 @@
+"""Tiny, deterministic, offline models that load through the real ``from_pretrained`` path.
+
+``dfkd make-tiny DIR`` (or :func:`build_all`) writes four folders:
+
+* ``clip/``  a tiny ``CLIPModel`` + ``CLIPProcessor`` (text and image towers of width 32, image 32 px)
+* ``sd/``    a tiny Stable-Diffusion pipeline (UNet, VAE, CLIP text encoder, DDIM scheduler), 32 px
+* ``vqgan/`` a tiny ``VQModel`` (f=2, 32 px)
+* ``vae/``   a tiny ``AutoencoderKL`` (f=2, 32 px)
+
+Their tokenizers use the **real** OpenAI CLIP BPE vocabulary (49,408 tokens, from the
+``open_clip_torch`` wheel), so style words tokenize exactly as in real CLIP and SD. Weights are
+random but built from a fixed seed: building twice gives bit-identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+
+#: bump when a builder changes, so cached tiny models are rebuilt
+TINY_VERSION = "1"
+SEED = 0
+TEXT_WIDTH = 32
+IMAGE_SIZE = 32
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP reversible byte -> printable unicode map (order matters: it fixes token ids)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def clip_bpe_path() -> Path:
+    """The real CLIP BPE merges file shipped in the ``open_clip_torch`` wheel (found without importing it)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the real CLIP vocabulary needs open_clip_torch; install it with `pip install open-clip-torch`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        raise UserError(f"open_clip_torch is installed but '{path}' is missing; reinstall open-clip-torch")
+    return path
+
+
+@lru_cache(maxsize=1)
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """Vocabulary and merges identical to ``openai/clip-vit-base-patch32``'s tokenizer."""
+    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    base = list(_bytes_to_unicode().values())
+    tokens = base + [b + "</w>" for b in base] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def make_clip_tokenizer(model_max_length: int = 77):
+    """A ``CLIPTokenizer`` with the real OpenAI CLIP vocabulary (ids equal real CLIP's)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_and_merges()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        tok = CLIPTokenizer(vocab=str(Path(tmp) / "vocab.json"), merges=str(Path(tmp) / "merges.txt"))
+    tok.model_max_length = model_max_length
+    return tok
+
+
+def _text_config_kwargs() -> dict:
+    return dict(
+        vocab_size=49408,
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+
+
+def build_clip(out: Path) -> None:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(SEED)
+    config = CLIPConfig(
+        text_config=_text_config_kwargs(),
+        vision_config=dict(
+            hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            image_size=IMAGE_SIZE, patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    model = CLIPModel(config).eval()
+    model.save_pretrained(out)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=make_clip_tokenizer()).save_pretrained(out)
+
+
+def build_sd(out: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=16,
+    )
+    torch.manual_seed(SEED + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=16,
+    )
+    torch.manual_seed(SEED + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config_kwargs())).eval()
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=make_clip_tokenizer(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+
+
+def build_vqgan(out: Path) -> None:
+    import torch
+    from diffusers import VQModel
+
+    torch.manual_seed(SEED)
+    VQModel(
+        block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, num_vq_embeddings=64,
+        norm_num_groups=16, sample_size=IMAGE_SIZE,
+    ).save_pretrained(out)
+
+
+def build_vae(out: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(SEED)
+    AutoencoderKL(
+        block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=16, sample_size=IMAGE_SIZE,
+    ).save_pretrained(out)
+
+
+TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "clip": build_clip,
+    "sd": build_sd,
+    "vqgan": build_vqgan,
+    "vae": build_vae,
+}
+
+
+def build_tiny(name: str, out: str | Path) -> Path:
+    """Build tiny model ``name`` into ``out`` (atomically: a temp folder renamed into place)."""
+    out = Path(out)
+    if name not in TINY_BUILDERS:
+        raise UserError(f"unknown tiny model '{name}'; valid: {', '.join(TINY_BUILDERS)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
+    try:
+        TINY_BUILDERS[name](tmp)
+        (tmp / "dfkd_tiny.json").write_text(json.dumps({"name": name, "version": TINY_VERSION, "seed": SEED}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def build_all(out: str | Path, names: list[str] | None = None) -> dict[str, Path]:
+    """Build every tiny model (or ``names``) into ``out/<name>``; returns name -> folder."""
+    return {n: build_tiny(n, Path(out) / n) for n in (names or list(TINY_BUILDERS))}
+
+
+def ensure_tiny(name: str, cache: Path) -> Path:
+    """The cached folder of tiny model ``name``, built once (safe when several processes race)."""
+    target = cache / f"v{TINY_VERSION}" / name
+    if (target / "dfkd_tiny.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        TINY_BUILDERS[name](tmp)
+        (tmp / "dfkd_tiny.json").write_text(json.dumps({"name": name, "version": TINY_VERSION, "seed": SEED}))
+        try:
+            os.rename(tmp, target)  # atomic; fails if another process got there first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

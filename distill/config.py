@@ -1,0 +1,114 @@
+"""Config sections owned by ``distill``: ``distill`` and ``eval``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dfkd.configtools import check
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (method.md section 5); a weight of 0 turns a loss off."""
+
+    kd: float = 1.0
+    ce: float = 0.0
+    emb: float = 0.0
+    temperature: float = 4.0
+
+    def validate(self, prefix: str) -> None:
+        check(min(self.kd, self.ce, self.emb) >= 0, prefix + "kd", "and the other loss weights must be >= 0")
+        check(self.kd + self.ce + self.emb > 0, prefix + "kd", "ce and emb cannot all be 0; turn on at least one loss")
+        check(self.temperature > 0, prefix + "temperature", "must be positive")
+
+
+@dataclass
+class AugmentConfig:
+    random_resized_crop: bool = True
+    scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+    hflip: bool = True
+    color_jitter: float = 0.4  #: strength (brightness, contrast, saturation); 0 turns it off
+
+    def validate(self, prefix: str) -> None:
+        check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, prefix + "scale",
+              "must be [min, max] with 0 < min <= max <= 1")
+        check(self.color_jitter >= 0, prefix + "color_jitter", "must be >= 0")
+
+
+@dataclass
+class FewShotConfig:
+    data: str | None = None  #: DomainBed-layout root (or HF dataset) holding real labelled images
+    domain: str | None = None  #: the domain to draw the shots from
+    shots: int = 0  #: real images per class (0 = data-free)
+
+    def validate(self, prefix: str) -> None:
+        check(self.shots >= 0, prefix + "shots", "must be >= 0")
+        check(self.shots == 0 or self.data is not None, prefix + "data", "must be set when few_shot.shots > 0")
+
+
+@dataclass
+class DistillConfig:
+    student: str = "resnet18"  #: a timm model name, a registered factory, or module:attr
+    student_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    dataset: str | None = None  #: synthetic dataset folder; default OUTPUT_DIR/dataset
+    input_size: int | None = None  #: default: the student's pretrained_cfg
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    epochs: int = 30
+    max_steps: int | None = None  #: overrides epochs when set
+    batch_size: int = 128
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_workers: int = 2
+    device_resident: Literal["auto", "always", "never"] = "auto"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 2
+    resume_from_checkpoint: str | None = None  #: latest or a checkpoint folder
+    eval_every: int = 0  #: steps between evaluations during training (0 = only at the end)
+    log_with: str = "tensorboard"  #: an Accelerate tracker, or none
+    few_shot: FewShotConfig = field(default_factory=FewShotConfig)
+    push_to_hub: bool = False
+    hub_repo: str | None = None
+    hub_private: bool = False
+
+    def validate(self, prefix: str) -> None:
+        check(bool(self.student), prefix + "student", "must name a timm model, a registered student or module:attr")
+        check(self.epochs >= 1, prefix + "epochs", "must be at least 1")
+        check(self.max_steps is None or self.max_steps >= 1, prefix + "max_steps", "must be at least 1")
+        check(self.batch_size >= 1, prefix + "batch_size", "must be at least 1")
+        check(self.lr > 0, prefix + "lr", "must be positive")
+        check(self.gradient_accumulation_steps >= 1, prefix + "gradient_accumulation_steps", "must be at least 1")
+        check(self.checkpointing_steps >= 1, prefix + "checkpointing_steps", "must be at least 1")
+        check(self.checkpoints_total_limit >= 1, prefix + "checkpoints_total_limit", "must be at least 1")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            check(value is None or len(value) == 3, prefix + name, "must be a list of 3 numbers")
+        check(not self.push_to_hub or bool(self.hub_repo), prefix + "hub_repo",
+              "must be set (user/name) when distill.push_to_hub=true")
+
+
+@dataclass
+class EvalConfig:
+    data: str | None = None  #: DomainBed-layout root (ROOT/<domain>/<class>/*) or a Hugging Face dataset
+    domains: list[str] | None = None  #: default: every domain found
+    domain_column: str = "domain"
+    label_column: str = "label"
+    image_column: str = "image"
+    split: str = "test"
+    batch_size: int = 128
+    max_images_per_domain: int | None = None
+
+    def validate(self, prefix: str) -> None:
+        check(self.batch_size >= 1, prefix + "batch_size", "must be at least 1")
+        check(self.max_images_per_domain is None or self.max_images_per_domain >= 1,
+              prefix + "max_images_per_domain", "must be at least 1")

@@ -1,0 +1,77 @@
+"""Config sections owned by ``prompts``: the shared ``teacher`` section and ``prompts``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dfkd.configtools import check
+
+
+@dataclass
+class TeacherConfig:
+    """The CLIP teacher (shared by prompts, synth and distill)."""
+
+    model: str = "openai/clip-vit-base-patch32"  #: Hub id, local folder, or tiny:clip
+    templates: str = "openai_80"  #: zero-shot template ensemble: openai_80, short_7, or a text file (one per line)
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    trust_remote_code: bool = False
+
+    def validate(self, prefix: str) -> None:
+        check(bool(self.model), prefix + "model", "must name a CLIP model (Hub id, local folder or tiny:clip)")
+        check(bool(self.templates), prefix + "templates", "must be openai_80, short_7 or a path to a template file")
+
+
+@dataclass
+class ContrastiveConfig:
+    """Contrastive-Prompt learning (method.md section 3)."""
+
+    num_styles: int = 80  #: K learned style vectors
+    steps: int = 300
+    lr: float = 1e-2
+    tau: float = 0.1  #: InfoNCE temperature
+    tau_cls: float = 0.01  #: class-consistency temperature
+    lambda_cls: float = 1.0
+    noise_std: float = 0.1  #: positive-view noise, in units of the embedding table's per-dimension std
+    style_batch: int = 0  #: styles per step (0 = all K)
+    class_batch: int = 16  #: random classes per step for the class-consistency loss
+    rounds: int = 1  #: rounds of learning; earlier rounds' features fill the memory bank
+    checkpoint_every: int = 50
+
+    def validate(self, prefix: str) -> None:
+        check(self.num_styles >= 2, prefix + "num_styles", "must be at least 2 (the diversity loss contrasts styles)")
+        check(self.steps >= 1, prefix + "steps", "must be at least 1")
+        check(self.lr > 0, prefix + "lr", "must be positive")
+        check(self.tau > 0 and self.tau_cls > 0, prefix + "tau", "and tau_cls must be positive")
+        check(self.lambda_cls >= 0, prefix + "lambda_cls", "must be >= 0")
+        check(self.noise_std >= 0, prefix + "noise_std", "must be >= 0")
+        check(self.style_batch >= 0, prefix + "style_batch", "must be >= 0 (0 means all styles)")
+        check(self.class_batch >= 1, prefix + "class_batch", "must be at least 1")
+        check(self.rounds >= 1, prefix + "rounds", "must be at least 1")
+        check(self.checkpoint_every >= 1, prefix + "checkpoint_every", "must be at least 1")
+
+
+@dataclass
+class PromptsConfig:
+    """How prompts are diversified (method.md sections 2-3)."""
+
+    method: str = "contrastive"  #: plain, handcrafted, mix, random, contrastive, or a registered name
+    template: str = "a {style} style image of a {class_name}"
+    plain_template: str = "a photo of a {class_name}"
+    style_dictionary: str | None = None  #: a text file of style words (one per line); default: package data
+    num_style_tokens: int = 1  #: pseudo tokens in the style slot
+    mix_words: list[int] = field(default_factory=lambda: [2, 3])  #: Mix-Prompt: words per style, uniform over this list
+    mix_alpha: float = 1.0  #: Mix-Prompt: Dirichlet concentration
+    random_rescale: bool = False  #: Random-Prompt: rescale to the median row norm of the embedding table
+    encoder: str = "auto"  #: text encoder of the style tokens: auto (the generator's), teacher, or a model id
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+
+    def validate(self, prefix: str) -> None:
+        check(bool(self.method), prefix + "method", "must name a prompt method")
+        check("{class_name}" in self.template and "{style}" in self.template, prefix + "template",
+              "must contain both {style} and {class_name}")
+        check("{class_name}" in self.plain_template, prefix + "plain_template", "must contain {class_name}")
+        check(self.num_style_tokens >= 1, prefix + "num_style_tokens", "must be at least 1")
+        check(len(self.mix_words) > 0 and all(m >= 1 for m in self.mix_words), prefix + "mix_words",
+              "must be a non-empty list of word counts >= 1")
+        check(self.mix_alpha > 0, prefix + "mix_alpha", "must be positive")

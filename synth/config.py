@@ -1,0 +1,83 @@
+"""Config section owned by ``synth``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dfkd.configtools import check
+
+
+@dataclass
+class ClipGuidedConfig:
+    """The VQGAN-CLIP family (method.md section 4)."""
+
+    parameterization: Literal["decoder", "pixels", "fourier"] = "decoder"  #: decoder = latent of synth.model
+    iterations: int = 300
+    lr: float = 0.1
+    cutouts: int = 32
+    cut_pow: float = 1.0
+    augmentations: list[str] = field(default_factory=lambda: ["affine", "perspective", "color_jitter", "noise"])
+
+    def validate(self, prefix: str) -> None:
+        check(self.iterations >= 1, prefix + "iterations", "must be at least 1")
+        check(self.lr > 0, prefix + "lr", "must be positive")
+        check(self.cutouts >= 1, prefix + "cutouts", "must be at least 1")
+
+
+@dataclass
+class FilterConfig:
+    """Optional teacher-confidence filtering (off by default)."""
+
+    enabled: bool = False
+    threshold: float = 0.0  #: minimum teacher probability of the intended class
+    mode: Literal["drop", "regenerate"] = "regenerate"
+    max_tries: int = 3
+
+    def validate(self, prefix: str) -> None:
+        check(0.0 <= self.threshold <= 1.0, prefix + "threshold", "must be a probability in [0, 1]")
+        check(self.max_tries >= 1, prefix + "max_tries", "must be at least 1")
+
+
+@dataclass
+class SynthConfig:
+    """Synthesis of the surrogate image set."""
+
+    backend: str = "diffusion"  #: diffusion or clip_guided (or a registered backend)
+    model: str = "stabilityai/sd-turbo"  #: diffusion pipeline id, or the autoencoder (VQModel/AutoencoderKL) id for clip_guided
+    images_per_class: int = 100
+    batch_size: int = 16
+    resolution: int = 512  #: generation resolution (px)
+    store_resolution: int = 256  #: stored resolution (px); images are resized before encoding
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = 95
+    steps: int = 1
+    guidance_scale: float = 0.0
+    negative_prompt: str = ""
+    scheduler: str | None = None  #: a diffusers scheduler class name, e.g. EulerAncestralDiscreteScheduler
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "auto"  #: auto, cpu, cuda, cuda:1, mps
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+    compile: bool = False
+    shard_size: int = 256  #: images per parquet shard (the unit of resume)
+    writer_threads: int = 2
+    overwrite: bool = False  #: start over when the output folder holds a dataset from a different config
+    clip_guided: ClipGuidedConfig = field(default_factory=ClipGuidedConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    push_to_hub: bool = False
+    hub_repo: str | None = None
+    hub_private: bool = False
+
+    def validate(self, prefix: str) -> None:
+        check(bool(self.backend), prefix + "backend", "must name a backend (diffusion or clip_guided)")
+        check(self.images_per_class >= 1, prefix + "images_per_class", "must be at least 1")
+        check(self.batch_size >= 1, prefix + "batch_size", "must be at least 1")
+        check(self.resolution >= 8, prefix + "resolution", "must be at least 8 pixels")
+        check(self.store_resolution >= 8, prefix + "store_resolution", "must be at least 8 pixels")
+        check(1 <= self.jpeg_quality <= 100, prefix + "jpeg_quality", "must be in 1..100")
+        check(self.steps >= 1, prefix + "steps", "must be at least 1")
+        check(self.guidance_scale >= 0, prefix + "guidance_scale", "must be >= 0")
+        check(self.shard_size >= 1, prefix + "shard_size", "must be at least 1")
+        check(self.writer_threads >= 1, prefix + "writer_threads", "must be at least 1")
+        check(not self.push_to_hub or bool(self.hub_repo), prefix + "hub_repo",
+              "must be set (user/name) when synth.push_to_hub=true")

@@ -1,0 +1,166 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from dfkd.config import config_from_dict, load_config, write_resolved_config
+from dfkd.configtools import apply_overrides, parse_override
+from dfkd.errors import UserError
+from fixtures import REPO_ROOT, TINY_YAML, tiny_config
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    cfg = tiny_config(tmp_path, "synth.images_per_class=4", "distill.loss.temperature=2", "synth.filter.enabled=true",
+                      "classes=[cat, dog]", "distill.mean=[0.5, 0.5, 0.5]")
+    assert cfg.synth.images_per_class == 4
+    assert cfg.distill.loss.temperature == 2.0 and isinstance(cfg.distill.loss.temperature, float)
+    assert cfg.synth.filter.enabled is True
+    assert cfg.classes == ["cat", "dog"]
+    assert cfg.distill.mean == [0.5, 0.5, 0.5]
+    assert cfg.output_dir == str(tmp_path)
+
+
+def test_parse_override_values():
+    assert parse_override("a.b=1") == (["a", "b"], 1)
+    assert parse_override("a=null") == (["a"], None)
+    assert parse_override("a=x/y") == (["a"], "x/y")
+    with pytest.raises(UserError, match="key.sub=value"):
+        parse_override("novalue")
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("synth.not_a_key=1", r"unknown config key 'synth.not_a_key'; valid keys here are: .*images_per_class"),
+        ("nope=1", r"unknown config key 'nope'"),
+        ("synth.images_per_class=four", r"'synth.images_per_class' must be an integer"),
+        ("synth.images_per_class=0", r"'synth.images_per_class' must be at least 1"),
+        ("synth.dtype=fp64", r"'synth.dtype' must be one of: fp32, fp16, bf16"),
+        ("distill.optimizer=lion", r"'distill.optimizer' must be one of: adamw, sgd"),
+        ("classes=[]", r"'classes' is empty"),
+        ("classes=[dog, dog]", r"'classes' lists dog more than once"),
+        ("seed=1.5", r"'seed' must be an integer"),
+        ("synth.filter.threshold=2", r"'synth.filter.threshold' must be a probability"),
+        ("synth.images_per_class.x=1", r"'synth.images_per_class' is a value, not a section"),
+        ("distill.loss=3", r"'distill.loss' must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, override, pattern):
+    with pytest.raises(UserError, match=pattern):
+        tiny_config(tmp_path, override)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classes: [a\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(listy)
+    nocls = tmp_path / "nocls.yaml"
+    nocls.write_text("output_dir: x\n")
+    with pytest.raises(UserError, match="'classes' is required"):
+        load_config(nocls)
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("classes: !!python/object/apply:os.system ['echo pwned']\noutput_dir: x\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(evil)
+
+
+def test_resolved_config_round_trip(tmp_path):
+    cfg = tiny_config(tmp_path / "run", "synth.images_per_class=3", "prompts.method=mix")
+    path = write_resolved_config(cfg)
+    assert path == tmp_path / "run" / "config.yaml"
+    data = yaml.safe_load(path.read_text())
+    again = config_from_dict(data)
+    assert again == cfg
+    # and loading the written file as a config gives the same experiment
+    assert load_config(path) == cfg
+
+
+def test_overrides_do_not_mutate_input():
+    data = {"synth": {"steps": 1}}
+    out = apply_overrides(data, ["synth.steps=2", "new.key=3"])
+    assert data == {"synth": {"steps": 1}} and out["synth"]["steps"] == 2 and out["new"]["key"] == 3
+
+
+def test_every_shipped_config_loads():
+    configs = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+    names = {p.stem for p in configs}
+    assert {"tiny", "pacs", "pacs_vqgan", "vlcs", "office_home", "domainnet", "imageclef_da", "visda2017"} <= names
+    sizes = {}
+    for path in configs:
+        cfg = load_config(path)
+        sizes[path.stem] = len(cfg.classes)
+        if path.stem != "tiny":
+            assert cfg.teacher.model == "openai/clip-vit-base-patch32"
+    assert sizes["pacs"] == 7 and sizes["vlcs"] == 5 and sizes["office_home"] == 65
+    assert sizes["domainnet"] == 345 and sizes["imageclef_da"] == 12 and sizes["visda2017"] == 12
+    assert load_config(REPO_ROOT / "configs" / "pacs_vqgan.yaml").synth.backend == "clip_guided"
+
+
+def _dfkd(*args, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, "-m", "dfkd", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["synth", "--config", str(TINY_YAML), "synth.not_a_key=1"], "synth.not_a_key"),
+        (["synth", "--config", str(TINY_YAML), "synth.images_per_class=four"], "synth.images_per_class"),
+        (["synth", "--config", "does/not/exist.yaml"], "does/not/exist.yaml"),
+    ],
+)
+def test_cli_user_errors_exit_2_with_one_line(args, needle):
+    proc = _dfkd(*args)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_cli_debug_shows_traceback():
+    proc = _dfkd("config", "--config", str(TINY_YAML), "synth.not_a_key=1", "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_cli_help_lists_every_command_with_examples():
+    proc = _dfkd("--help")
+    assert proc.returncode == 0
+    for command in ("run", "prompts", "synth", "push-dataset", "distill", "eval", "config", "make-tiny"):
+        assert command in proc.stdout
+    for command in (["synth"], ["distill"], ["prompts", "learn"], ["make-tiny"], ["eval"]):
+        sub = _dfkd(*command, "--help")
+        assert sub.returncode == 0 and "example" in sub.stdout
+
+
+def test_config_command_prints_resolved_yaml():
+    proc = _dfkd("config", "--config", str(TINY_YAML), "synth.images_per_class=5")
+    assert proc.returncode == 0
+    assert yaml.safe_load(proc.stdout)["synth"]["images_per_class"] == 5
+
+
+def test_module_entry_points_match_cli():
+    for module in ("synth", "distill"):
+        proc = subprocess.run([sys.executable, "-m", module, "--config", str(TINY_YAML), f"{module}.nope=1"],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and f"'{module}.nope'" in proc.stderr
+
+
+def test_imports_are_loaded(tmp_path, monkeypatch):
+    (tmp_path / "my_plugin_mod.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tiny_config(tmp_path, "imports=[my_plugin_mod]")
+    import my_plugin_mod
+
+    assert my_plugin_mod.LOADED
+    with pytest.raises(UserError, match="cannot import module 'no_such_mod_xyz'"):
+        tiny_config(tmp_path, "imports=[no_such_mod_xyz]")

@@ -1,0 +1,87 @@
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfkd.errors import UserError
+from dfkd.models import load_pretrained, resolve_model_id
+from dfkd.tiny import build_all, make_clip_tokenizer
+from fixtures import REPO_ROOT
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.safetensors"))
+    }
+
+
+def test_make_tiny_cli_writes_loadable_models(tmp_path):
+    out = tmp_path / "tiny"
+    proc = subprocess.run([sys.executable, "-m", "dfkd", "make-tiny", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, VQModel
+    from transformers import CLIPModel, CLIPProcessor
+
+    clip = CLIPModel.from_pretrained(out / "clip")
+    processor = CLIPProcessor.from_pretrained(out / "clip")
+    pipe = StableDiffusionPipeline.from_pretrained(out / "sd")
+    vq = VQModel.from_pretrained(out / "vqgan")
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    assert clip.config.projection_dim == 16
+    assert processor.tokenizer.model_max_length == 77
+    assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim
+
+    # the SD pipeline really generates, from text, at its native size, in [0, 1]
+    images = pipe(["a dog", "a sketch of a cat"], num_inference_steps=2, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+    # the autoencoders round-trip shapes
+    x = torch.rand(2, 3, 32, 32)
+    assert vq.decode(vq.encode(x).latents).sample.shape == x.shape
+    assert vae.decode(vae.encode(x).latent_dist.mean).sample.shape == x.shape
+    # CLIP text features through the real processor
+    feats = clip.get_text_features(**processor.tokenizer(["a dog"], return_tensors="pt", padding=True))
+    feats = getattr(feats, "pooler_output", feats)
+    assert feats.shape == (1, 16)
+
+    # building again gives bit-identical weights
+    again = build_all(tmp_path / "again")
+    for name in ("clip", "sd", "vqgan", "vae"):
+        first, second = _digest(out / name), _digest(again[name])
+        assert first and first == second, name
+
+
+def test_tokenizer_is_real_clip_bpe():
+    from open_clip.tokenizer import SimpleTokenizer  # the reference OpenAI CLIP BPE implementation
+
+    tok = make_clip_tokenizer()
+    text = "a watercolor painting of a giraffe"
+    ids = tok(text).input_ids
+    assert ids[0] == 49406 and ids[-1] == 49407
+    assert ids[1:-1] == SimpleTokenizer().encode(text)
+    assert len(tok) == 49408
+    for word in ("origami", "embroidery", "pixel art", "infrared photo", "ukiyo-e"):
+        assert tok(word).input_ids[1:-1] == SimpleTokenizer().encode(word)
+
+
+def test_tiny_ids_resolve_and_cache(tiny_dir):
+    first = resolve_model_id("tiny:clip")
+    assert Path(first).is_dir() and resolve_model_id("tiny:clip") == first
+    assert resolve_model_id("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    with pytest.raises(UserError, match="valid tiny models are: tiny:clip, tiny:sd, tiny:vqgan, tiny:vae"):
+        resolve_model_id("tiny:nope")
+
+
+def test_unloadable_model_is_a_user_error(tmp_path):
+    from transformers import CLIPModel
+
+    with pytest.raises(UserError, match="cannot load .*'someone/does-not-exist'.*offline"):
+        load_pretrained(CLIPModel, "someone/does-not-exist")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="local folder"):
+        load_pretrained(CLIPModel, str(tmp_path / "empty"))
