@@ -62,6 +62,22 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def prompt_encoder(self) -> tuple[str, str]:
+        """(model id, kind) of the text encoder that style vectors live in.
+
+        ``prompts.encoder=auto``: the generator's own text encoder for the diffusion backend (kind
+        ``pipeline``), the teacher's for the CLIP-guided backend (kind ``clip``). ``teacher``: the
+        teacher's. Anything else: that model id (``auto`` kind detection).
+        """
+        choice = self.prompts.encoder
+        if choice == "auto":
+            if self.synth.backend == "diffusion":
+                return self.synth.model, "pipeline"
+            return self.teacher.model, "clip"
+        if choice == "teacher":
+            return self.teacher.model, "clip"
+        return choice, "auto"
+
 
 def import_plugins(modules: list[str]) -> None:
     """Import the user's modules named in ``imports`` (they register prompt methods, students, backends)."""
