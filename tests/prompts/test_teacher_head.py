@@ -1,0 +1,53 @@
+"""The CLIP teacher and its zero-shot head (shared by synth and distill)."""
+
+import torch
+
+from prompts.teacher import ClipTeacher
+from prompts.templates import load_templates
+from prompts.zeroshot import class_text_features
+
+
+def test_templates_ship_and_have_one_slot():
+    openai = load_templates("openai_80")
+    short = load_templates("short_7")
+    assert len(openai) == 80 and len(set(openai)) == 80 and len(short) == 7
+    assert set(short) <= set(openai)
+    assert all(t.count("{}") == 1 for t in openai)
+
+
+def test_zero_shot_head_matches_definition_and_is_cached(tmp_path):
+    teacher = ClipTeacher.load("tiny:clip")
+    classes = ["dog", "giraffe", "guitar"]
+    templates = load_templates("short_7")
+    head = teacher.set_classes(classes, "short_7", cache_dir=tmp_path)
+    cached = list(tmp_path.glob("zeroshot-*.safetensors"))
+    assert len(cached) == 1
+
+    # t_c = normalised mean of normalised template features
+    manual = class_text_features(teacher.text, classes, templates)
+    assert torch.allclose(head.weights, manual, atol=1e-6)
+    assert torch.allclose(head.weights.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+    images = torch.rand(4, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = teacher.image_features(images)
+        logits = teacher(images)
+    assert feats.shape == (4, 16) and torch.allclose(feats.norm(dim=-1), torch.ones(4), atol=1e-5)
+    scale = teacher.model.logit_scale.exp().item()
+    assert torch.allclose(logits, scale * feats @ manual.t(), atol=1e-4)
+
+    # second build reads the cache (same weights) and does not write another file
+    mtime = cached[0].stat().st_mtime_ns
+    again = ClipTeacher.load("tiny:clip").set_classes(classes, "short_7", cache_dir=tmp_path)
+    assert torch.equal(again.weights, head.weights) and cached[0].stat().st_mtime_ns == mtime
+    # other classes or templates -> another cache entry
+    teacher.set_classes(classes[:2], "short_7", cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("zeroshot-*.safetensors"))) == 2
+
+
+def test_teacher_is_frozen_and_differentiable_wrt_pixels():
+    teacher = ClipTeacher.load("tiny:clip")
+    assert all(not p.requires_grad for p in teacher.parameters())
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    teacher.image_features(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
