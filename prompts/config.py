@@ -37,6 +37,8 @@ class ContrastiveConfig:
     class_batch: int = 16  #: random classes per step for the class-consistency loss
     rounds: int = 1  #: rounds of learning; earlier rounds' features fill the memory bank
     checkpoint_every: int = 50
+    style_template: str = "a {style} style image"  #: T_style: the style-only template of the anchors
+    positive_template: str = "a picture in the style of {style}"  #: T_style': the positive view's template
 
     def validate(self, prefix: str) -> None:
         check(self.num_styles >= 2, prefix + "num_styles", "must be at least 2 (the diversity loss contrasts styles)")
@@ -49,6 +51,10 @@ class ContrastiveConfig:
         check(self.class_batch >= 1, prefix + "class_batch", "must be at least 1")
         check(self.rounds >= 1, prefix + "rounds", "must be at least 1")
         check(self.checkpoint_every >= 1, prefix + "checkpoint_every", "must be at least 1")
+        for key in ("style_template", "positive_template"):
+            text = getattr(self, key)
+            check(text.count("{style}") == 1 and "{class_name}" not in text, prefix + key,
+                  "must contain {style} exactly once and no {class_name}")
 
 
 @dataclass

@@ -1,0 +1,272 @@
+"""Prompt methods (method.md section 3): one :class:`PromptRecord` per image, behind a registry.
+
+=============  ==============================================================================
+``plain``       ``plain_template`` ("a photo of a dog"), no style: the baseline
+``handcrafted`` a real style word from the dictionary, written into ``template`` as text
+``mix``         Mix-Prompt: ``s = sum_i lambda_i e(w_i)``, ``m`` words without replacement, Dirichlet weights
+``random``      Random-Prompt: ``s ~ N(mu, diag(sigma^2))`` of the embedding table's ordinary tokens
+``contrastive`` Contrastive-Prompt: one of the ``K`` learned vectors (``dfkd prompts learn``), cycled uniformly
+=============  ==============================================================================
+
+A record depends on ``(seed, label, index)`` only, so a resumed synthesis regenerates exactly the
+missing items. A user adds a method with ``@register_prompt_method("name")`` on a subclass of
+:class:`PromptMethod` (listed under ``imports:`` in the config).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dfkd.errors import UserError
+
+from .config import PromptsConfig
+from .encoder import STYLE_SLOT, StyleTextEncoder, StyleVectors, TextEncoding
+from .styles import (
+    EmbeddingStats,
+    WordEmbeddings,
+    derive_seed,
+    load_style_dictionary,
+    mix_weights,
+    random_styles,
+)
+
+
+@dataclass
+class PromptRecord:
+    """The prompt of one image (what ``synth`` writes next to it)."""
+
+    label: int
+    class_name: str
+    index: int  #: the image's index within its class
+    method: str
+    template: str
+    text: str  #: human-readable prompt; a vector style is written as a marker, e.g. "a <style:mix> style image of a dog"
+    seed: int  #: per-image generator seed = image_seed(seed, label, index)
+    style_vector: torch.Tensor | None = None  #: (n, d) float32 pseudo-token vectors, or None for text styles
+    style_words: list[str] | None = None
+    style_weights: list[float] | None = None
+    style_id: int | None = None  #: contrastive: learned style index
+    style_text: str | None = None  #: handcrafted: the style word written as text
+    vector_seed: int | None = None  #: random: the seed the vector was drawn with
+
+    def style_json(self) -> str:
+        """The style as JSON: words + weights (handcrafted, mix), style id (contrastive), vector seed (random)."""
+        data: dict = {"method": self.method}
+        if self.style_words is not None:
+            data["words"] = self.style_words
+            data["weights"] = self.style_weights
+        if self.style_id is not None:
+            data["style_id"] = self.style_id
+        if self.vector_seed is not None:
+            data["vector_seed"] = self.vector_seed
+        return json.dumps(data, sort_keys=True)
+
+
+def image_seed(seed: int, label: int, index: int) -> int:
+    """The generator seed of image ``index`` of class ``label``: a stable hash, ``0 <= s < 2**63``."""
+    return derive_seed("image", seed, label, index)
+
+
+class PromptMethod:
+    """Base class: subclasses implement :meth:`record`; :meth:`encode` batches records through the encoder."""
+
+    name: str = ""
+
+    def __init__(self, cfg: PromptsConfig, *, classes: Sequence[str], encoder: StyleTextEncoder, seed: int,
+                 run_dir: Path):
+        self.cfg = cfg
+        self.classes = list(classes)
+        self.encoder = encoder
+        self.seed = int(seed)
+        self.run_dir = Path(run_dir)
+
+    @classmethod
+    def preflight(cls, cfg: PromptsConfig, run_dir: Path) -> None:
+        """Cheap checks (files, settings) before any model is loaded; raise a UserError naming the fix."""
+
+    def record(self, label: int, index: int) -> PromptRecord:
+        raise NotImplementedError
+
+    def _base(self, label: int, index: int, template: str, text: str, **style) -> PromptRecord:
+        if not 0 <= label < len(self.classes):
+            raise IndexError(f"label {label} out of range for {len(self.classes)} classes")
+        return PromptRecord(label=label, class_name=self.classes[label], index=index, method=self.name,
+                            template=template, text=text, seed=image_seed(self.seed, label, index), **style)
+
+    def _rng(self, label: int, index: int) -> np.random.Generator:
+        """The style draw's own stream (independent of the image seed)."""
+        return np.random.default_rng(derive_seed("style", self.name, self.seed, label, index))
+
+    def _marker_text(self, label: int, marker: str) -> str:
+        return self.cfg.template.replace(STYLE_SLOT, f"<style:{marker}>").replace("{class_name}", self.classes[label])
+
+    @torch.no_grad()
+    def encode(self, records: Sequence[PromptRecord]) -> TextEncoding:
+        """Hidden states ``(B, 77, h)`` and normalised features ``(B, D)`` of ``records``, in order.
+
+        Vector styles go through the placeholder path, text styles through the tokenizer; a batch
+        may mix both.
+        """
+        vec = [i for i, r in enumerate(records) if r.style_vector is not None]
+        txt = [i for i, r in enumerate(records) if r.style_vector is None]
+        parts: list[tuple[list[int], TextEncoding]] = []
+        if vec:
+            styles = StyleVectors(torch.stack([records[i].style_vector for i in vec]), self.encoder.identity)
+            parts.append((vec, self.encoder.encode([records[i].template for i in vec],
+                                                   [records[i].class_name for i in vec], styles)))
+        if txt:
+            parts.append((txt, self.encoder.encode_text([records[i].text for i in txt])))
+        return _scatter(parts, len(records))
+
+
+def _scatter(parts: list[tuple[list[int], TextEncoding]], total: int) -> TextEncoding:
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+    hidden = first.hidden_states.new_empty((total, *first.hidden_states.shape[1:]))
+    feats = first.features.new_empty((total, first.features.shape[1]))
+    for idx, enc in parts:
+        hidden[idx] = enc.hidden_states
+        feats[idx] = enc.features
+    return TextEncoding(hidden, feats)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+PROMPT_METHODS: dict[str, Callable[..., PromptMethod]] = {}
+
+
+def register_prompt_method(name: str) -> Callable[[type[PromptMethod]], type[PromptMethod]]:
+    """Class decorator: make a :class:`PromptMethod` subclass available as ``prompts.method=name``."""
+
+    def decorate(cls: type[PromptMethod]) -> type[PromptMethod]:
+        cls.name = name
+        PROMPT_METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def check_prompt_method(name: str) -> None:
+    """Raise a one-line UserError listing the valid methods when ``name`` is not registered (cheap: no model)."""
+    if name not in PROMPT_METHODS:
+        raise UserError(f"unknown prompt method '{name}'; valid methods are: {', '.join(sorted(PROMPT_METHODS))} "
+                        "(or register your own with @register_prompt_method and list its module under imports)")
+
+
+def preflight_prompt_method(cfg: PromptsConfig, run_dir: Path | str) -> None:
+    """Everything about ``cfg.method`` that can be checked before loading a model: the name, then the
+    method's own :meth:`PromptMethod.preflight` (e.g. ``contrastive`` needs its learned styles)."""
+    check_prompt_method(cfg.method)
+    PROMPT_METHODS[cfg.method].preflight(cfg, Path(run_dir))
+
+
+def create_prompt_method(cfg: PromptsConfig, *, classes: Sequence[str], encoder: StyleTextEncoder, seed: int,
+                         run_dir: Path | str) -> PromptMethod:
+    """The configured prompt method (``cfg.method``) for ``classes`` in ``encoder``'s token space."""
+    preflight_prompt_method(cfg, run_dir)
+    return PROMPT_METHODS[cfg.method](cfg, classes=classes, encoder=encoder, seed=seed, run_dir=Path(run_dir))
+
+
+@lru_cache(maxsize=64)
+def _permutation(size: int, *key: object) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.random.default_rng(derive_seed("perm", *key)).permutation(size))
+
+
+# ---------------------------------------------------------------------------------------------- methods
+@register_prompt_method("plain")
+class PlainPrompt(PromptMethod):
+    """``plain_template`` with the class name, no style."""
+
+    def record(self, label: int, index: int) -> PromptRecord:
+        t = self.cfg.plain_template
+        return self._base(label, index, t, t.replace("{class_name}", self.classes[label]))
+
+
+@register_prompt_method("handcrafted")
+class HandcraftedPrompt(PromptMethod):
+    """A dictionary word written into ``template`` as text; per class, a seeded permutation of the
+    dictionary is cycled, so every word is used equally often."""
+
+    @classmethod
+    def preflight(cls, cfg: PromptsConfig, run_dir: Path) -> None:
+        load_style_dictionary(cfg.style_dictionary)
+
+    def __init__(self, cfg: PromptsConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.words = load_style_dictionary(cfg.style_dictionary)
+
+    def record(self, label: int, index: int) -> PromptRecord:
+        perm = _permutation(len(self.words), self.name, self.seed, label, index // len(self.words))
+        word = self.words[perm[index % len(self.words)]]
+        text = self.cfg.template.replace(STYLE_SLOT, word).replace("{class_name}", self.classes[label])
+        return self._base(label, index, self.cfg.template, text, style_words=[word], style_weights=[1.0],
+                          style_text=word)
+
+
+@register_prompt_method("mix")
+class MixPrompt(PromptMethod):
+    """Mix-Prompt: a Dirichlet-weighted convex combination of ``m`` dictionary word embeddings
+    (the same mixture fills each of the ``n`` style tokens)."""
+
+    @classmethod
+    def preflight(cls, cfg: PromptsConfig, run_dir: Path) -> None:
+        load_style_dictionary(cfg.style_dictionary)
+
+    def __init__(self, cfg: PromptsConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.embeddings = WordEmbeddings(self.encoder, load_style_dictionary(cfg.style_dictionary))
+
+    def record(self, label: int, index: int) -> PromptRecord:
+        idx, lam = mix_weights(len(self.embeddings.words), self.cfg.mix_words, self.cfg.mix_alpha, self._rng(label, index))
+        vector = self.embeddings.mix(idx, lam).expand(self.cfg.num_style_tokens, -1).clone()
+        return self._base(label, index, self.cfg.template, self._marker_text(label, "mix"), style_vector=vector,
+                          style_words=[self.embeddings.words[i] for i in idx], style_weights=lam)
+
+
+@register_prompt_method("random")
+class RandomPrompt(PromptMethod):
+    """Random-Prompt: ``s ~ N(mu, diag(sigma^2))`` of ``W``'s ordinary tokens (optionally rescaled)."""
+
+    def __init__(self, cfg: PromptsConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.stats = EmbeddingStats.of(self.encoder)
+
+    def record(self, label: int, index: int) -> PromptRecord:
+        vseed = derive_seed("style", self.name, self.seed, label, index)
+        vector = random_styles(self.stats, 1, self.cfg.num_style_tokens, vseed, self.cfg.random_rescale)[0]
+        return self._base(label, index, self.cfg.template, self._marker_text(label, "random"), style_vector=vector,
+                          vector_seed=vseed)
+
+
+@register_prompt_method("contrastive")
+class ContrastivePrompt(PromptMethod):
+    """Contrastive-Prompt: the ``K`` learned styles of ``run_dir/prompts/contrastive``; per class a
+    seeded permutation of ``0..K-1`` is cycled, so every style is used equally often."""
+
+    @classmethod
+    def preflight(cls, cfg: PromptsConfig, run_dir: Path) -> None:
+        from .contrastive import load_style_bank
+
+        load_style_bank(run_dir)
+
+    def __init__(self, cfg: PromptsConfig, **kwargs):
+        super().__init__(cfg, **kwargs)
+        from .contrastive import load_style_bank
+
+        self.bank = load_style_bank(self.run_dir, self.encoder)
+        if self.bank.vectors.shape[1] != cfg.num_style_tokens:
+            raise UserError(f"the learned styles in {self.bank.path} have {self.bank.vectors.shape[1]} tokens but "
+                            f"prompts.num_style_tokens={cfg.num_style_tokens}; re-run `dfkd prompts learn` or match it")
+
+    def record(self, label: int, index: int) -> PromptRecord:
+        k = len(self.bank.vectors)
+        style_id = _permutation(k, self.name, self.seed, label, index // k)[index % k]
+        return self._base(label, index, self.cfg.template, self._marker_text(label, f"contrastive-{style_id}"),
+                          style_vector=self.bank.vectors[style_id].clone(), style_id=style_id)

@@ -1,0 +1,139 @@
+"""Style building blocks shared by the prompt methods and Contrastive-Prompt learning.
+
+* the style dictionary (package data ``prompts/data/styles.txt`` or a user's file),
+* statistics of the token-embedding table ``W`` (per-dimension mean / std, median row norm),
+* Random-Prompt and Mix-Prompt style vectors (method.md section 3),
+* a features-only encoder path that drops the padding (exact for CLIP's causal text transformer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dfkd.errors import UserError
+
+from .encoder import StyleTextEncoder, StyleVectors
+
+PACKAGE_DICTIONARY = "package:prompts/data/styles.txt"
+
+
+def _read_words(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def load_style_dictionary(path: str | None = None) -> list[str]:
+    """The style words: package data by default, else ``path`` (one word or phrase per line, ``#`` comments)."""
+    if path is None:
+        words = _read_words(resources.files("prompts").joinpath("data/styles.txt").read_text("utf-8"))
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"style dictionary '{path}' does not exist; fix prompts.style_dictionary or remove it")
+        words = _read_words(file.read_text("utf-8"))
+    dupes = sorted({w for w in words if words.count(w) > 1})
+    if len(words) < 2 or dupes:
+        where = path or PACKAGE_DICTIONARY
+        raise UserError(f"style dictionary '{where}' needs at least 2 distinct words (duplicates: {dupes[:3]})")
+    return words
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from ``parts`` (same on every machine and Python run, unlike ``hash``)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class EmbeddingStats:
+    """Statistics of ``W`` over ordinary tokens: ``mean``/``std`` ``(d,)`` float32, ``median_norm`` a float."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    median_norm: float
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, encoder: StyleTextEncoder) -> EmbeddingStats:
+        ids = encoder.ordinary_token_ids().to(encoder.device)
+        rows = encoder.embedding_table[ids].float()
+        return cls(rows.mean(0).cpu(), rows.std(0).cpu(), float(rows.norm(dim=-1).median()))
+
+
+def random_styles(stats: EmbeddingStats, count: int, n_tokens: int, seed: int, rescale: bool = False) -> torch.Tensor:
+    """Random-Prompt: ``(count, n, d)`` float32 vectors ``s ~ N(mean, diag(std^2))`` (CPU, numpy-seeded).
+
+    With ``rescale`` every row is scaled to the median row norm of ``W``.
+    """
+    z = np.random.default_rng(seed).standard_normal((count, n_tokens, stats.mean.numel()))
+    s = stats.mean + stats.std * torch.from_numpy(z).float()
+    if rescale:
+        s = s * (stats.median_norm / s.norm(dim=-1, keepdim=True))
+    return s
+
+
+def mix_weights(num_words: int, choices: Sequence[int], alpha: float, rng: np.random.Generator) -> tuple[list[int], list[float]]:
+    """Mix-Prompt draw: ``m`` uniform in ``choices`` (capped at ``num_words``), ``m`` word indices without
+    replacement, and Dirichlet(``alpha``) weights (each >= 0, summing to 1)."""
+    m = min(int(rng.choice(list(choices))), num_words)
+    idx = rng.choice(num_words, size=m, replace=False)
+    lam = rng.dirichlet([alpha] * m)
+    return [int(i) for i in idx], [float(x) for x in lam]
+
+
+class WordEmbeddings:
+    """``e(w)`` for dictionary words, computed once: ``table`` ``(V_words, d)`` float32 on CPU."""
+
+    def __init__(self, encoder: StyleTextEncoder, words: Sequence[str]):
+        self.words = list(words)
+        with torch.no_grad():
+            self.table = torch.stack([encoder.word_embedding(w) for w in self.words]).float().cpu()
+
+    def mix(self, idx: Sequence[int], weights: Sequence[float]) -> torch.Tensor:
+        """``(d,)`` float32: ``sum_i weights[i] * e(words[idx[i]])``."""
+        w = torch.tensor(list(weights), dtype=torch.float64)
+        return (w[:, None] * self.table[list(idx)].double()).sum(0).float()
+
+
+def style_features(encoder: StyleTextEncoder, templates: str | Sequence[str], class_names: Sequence[str | None] | None,
+                   styles: StyleVectors | torch.Tensor) -> torch.Tensor:
+    """Pooled, normalised features ``(B, D)`` of templates whose ``{style}`` slot holds ``styles`` ``(B, n, d)``.
+
+    Same result as ``encoder.encode(...).features`` but runs only up to the longest prompt instead of
+    all 77 positions: CLIP's text transformer is causal and pools at the EOS token, so the padding
+    after it cannot change the feature. Differentiable w.r.t. tensor ``styles``.
+    """
+    vectors = encoder.check_styles(styles)
+    batch = vectors.shape[0]
+    templates = [templates] * batch if isinstance(templates, str) else list(templates)
+    names = list(class_names) if class_names is not None else [None] * batch
+    ids, mask = encoder.tokenize(templates, names, vectors.shape[1])
+    length = int((ids == encoder.eos_id).int().argmax(dim=1).max()) + 1
+    rows = vectors.to(encoder.device).reshape(-1, encoder.embedding_dim)
+    # the encoder's own placeholder overwrite and transformer run, on the trimmed ids
+    with encoder._overwrite(mask[:, :length], rows):
+        return encoder._run(ids[:, :length]).features
+
+
+def text_features(encoder: StyleTextEncoder, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """``(B, D)`` normalised features of plain strings, without gradients."""
+    with torch.no_grad():
+        return torch.cat([encoder.encode_text(list(texts[i:i + batch_size])).features
+                          for i in range(0, len(texts), batch_size)])
+
+
+def mean_pairwise_cosine_distance(features: torch.Tensor) -> float:
+    """Mean of ``1 - cos(x_i, x_j)`` over pairs ``i != j`` of ``features`` ``(N, D)``; 0 for identical rows."""
+    f = nn.functional.normalize(features.float(), dim=-1)
+    n = f.shape[0]
+    if n < 2:
+        return 0.0
+    sim = f @ f.t()
+    return float((1.0 - sim).sum() / (n * (n - 1)))
