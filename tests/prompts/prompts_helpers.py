@@ -1,0 +1,15 @@
+"""Constants and small builders shared by the prompts tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from prompts.config import ContrastiveConfig, PromptsConfig
+
+CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+ENCODERS = {"clip": ("tiny:clip", "clip"), "sd": ("tiny:sd", "pipeline")}
+
+
+
+def small_contrastive(**overrides) -> PromptsConfig:
+    """A PromptsConfig whose Contrastive-Prompt learning takes about a second on the tiny encoders."""
+    c = {"num_styles": 8, "steps": 12, "class_batch": 7, "checkpoint_every": 5, **overrides}
+    return PromptsConfig(contrastive=ContrastiveConfig(**c))
