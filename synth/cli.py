@@ -1,11 +1,25 @@
-"""``dfkd synth`` and ``dfkd push-dataset`` (issue #4)."""
+"""``dfkd synth`` and ``dfkd push-dataset`` (also ``python -m synth`` / ``accelerate launch -m synth``)."""
 
-from dfkd.errors import NotAvailableError
+from __future__ import annotations
+
+from dfkd.config import is_main_process, write_resolved_config
 
 
 def main(cfg, args) -> int:
-    raise NotAvailableError("`dfkd synth` is not available yet: image synthesis lands with issue #4")
+    from .run import synthesize
+
+    write_resolved_config(cfg)
+    result = synthesize(cfg)
+    if is_main_process():
+        d = result.diagnostics
+        print(f"dataset: {result.dataset_dir} ({d.get('rows', 0)} rows, teacher agreement "
+              f"{d.get('teacher_agreement', 0):.3f}, Vendi {d.get('vendi_score', 0):.2f}); this run generated "
+              f"{result.generated} images in {result.seconds:.1f} s")
+    return 0
 
 
 def push_dataset(args) -> int:
-    raise NotAvailableError("`dfkd push-dataset` is not available yet: Hub publishing lands with issue #4")
+    from .hub import push_dataset_folder
+
+    push_dataset_folder(args.folder, args.repo, private=args.private, revision=args.revision)
+    return 0

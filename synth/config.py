@@ -64,6 +64,9 @@ class SynthConfig:
     overwrite: bool = False  #: start over when the output folder holds a dataset from a different config
     clip_guided: ClipGuidedConfig = field(default_factory=ClipGuidedConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    diagnostics_max_per_class: int = 500  #: images per class whose teacher features enter the diversity scores
+    preview_per_class: int = 8  #: images per class (a row each) in the preview grid
+    progress: bool = True  #: show the images/s progress bar
     push_to_hub: bool = False
     hub_repo: str | None = None
     hub_private: bool = False
@@ -79,5 +82,7 @@ class SynthConfig:
         check(self.guidance_scale >= 0, prefix + "guidance_scale", "must be >= 0")
         check(self.shard_size >= 1, prefix + "shard_size", "must be at least 1")
         check(self.writer_threads >= 1, prefix + "writer_threads", "must be at least 1")
+        check(self.diagnostics_max_per_class >= 2, prefix + "diagnostics_max_per_class", "must be at least 2")
+        check(self.preview_per_class >= 1, prefix + "preview_per_class", "must be at least 1")
         check(not self.push_to_hub or bool(self.hub_repo), prefix + "hub_repo",
               "must be set (user/name) when synth.push_to_hub=true")

@@ -12,7 +12,7 @@ from 0 to ``images_per_class - 1``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from dfkd.errors import UserError
 

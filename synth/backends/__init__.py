@@ -1,0 +1,82 @@
+"""Generator backends, selected by ``synth.backend``.
+
+A backend is registered with :func:`register_backend` on a class with a ``load`` classmethod::
+
+    @register_backend("my_backend")
+    class MyBackend(Backend):
+        @classmethod
+        def load(cls, cfg, *, teacher, device): ...
+
+and users may register their own from a module listed in the config's ``imports``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from dfkd.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+_BACKENDS: dict[str, type[Backend]] = {}
+
+
+class Backend:
+    """Turns prompt records into images.
+
+    ``text_encoder``: the :class:`~prompts.encoder.StyleTextEncoder` that style vectors live in.
+    ``generator_id``: written into every row's ``generator`` column (``backend:model``).
+    """
+
+    name: str = ""
+    generator_id: str = ""
+    resolution: int = 0
+
+    @classmethod
+    def load(cls, cfg, *, teacher, device: torch.device) -> Backend:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def text_encoder(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def generate(self, records: Sequence, encoding) -> torch.Tensor:  # pragma: no cover - interface
+        """``(B, 3, R, R)`` float32 in ``[0, 1]`` for ``B`` records (``encoding`` = their TextEncoding).
+
+        Image ``i`` depends only on ``records[i]`` (its text and its seed), never on its batch mates,
+        up to float rounding of batched kernels.
+        """
+        raise NotImplementedError
+
+
+def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
+    def deco(cls: type[Backend]) -> type[Backend]:
+        cls.name = name
+        _BACKENDS[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_builtins() -> None:
+    from . import clip_guided, diffusion  # noqa: F401 - they register themselves
+
+
+def available_backends() -> list[str]:
+    _import_builtins()
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name``; an unknown name is a UserError listing the valid ones."""
+    _import_builtins()
+    if name not in _BACKENDS:
+        raise UserError(f"unknown synth.backend '{name}'; valid backends are: {', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[name]
+
+
+def image_generators(records: Sequence, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One ``torch.Generator`` per image, seeded from its record (CPU generators: the same noise on any device)."""
+    return [torch.Generator(device).manual_seed(int(r.seed)) for r in records]

@@ -1,0 +1,115 @@
+"""The work plan: which (label, index) keys go into which shard, and the resume state.
+
+Keys are ordered index-major (``index 0`` of every class, then ``index 1``, ...) so that every
+batch mixes many different prompts, and growing ``images_per_class`` only appends work. The
+ordered keys are cut into shards of ``synth.shard_size``; a shard is generated in fixed batches of
+``synth.batch_size``, so its images do not depend on which process makes it or on how often the run
+was interrupted (batched float kernels are not bit-identical across batch compositions on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfkd.errors import UserError
+
+STATE_NAME = ".dfkd_synth.json"  #: hidden: not part of the uploaded dataset
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Shard ``shard_id`` holds ``keys`` = ``[(label, index), ...]`` in generation order."""
+
+    shard_id: int
+    keys: tuple[tuple[int, int], ...]
+
+    @property
+    def name(self) -> str:
+        return f"train-{self.shard_id:05d}.parquet"
+
+    def tag(self) -> str:
+        """Identity of the planned content, stored in the shard's metadata and checked on resume."""
+        return hashlib.sha256(json.dumps(self.keys).encode()).hexdigest()[:16]
+
+    def batches(self, batch_size: int) -> list[tuple[tuple[int, int], ...]]:
+        return [self.keys[i:i + batch_size] for i in range(0, len(self.keys), batch_size)]
+
+
+def plan_shards(num_classes: int, images_per_class: int, shard_size: int) -> list[ShardSpec]:
+    """All shards of a dataset of ``num_classes * images_per_class`` images."""
+    keys = [(label, index) for index in range(images_per_class) for label in range(num_classes)]
+    return [ShardSpec(k, tuple(keys[s:s + shard_size])) for k, s in enumerate(range(0, len(keys), shard_size))]
+
+
+# Config fields whose change alters finished rows. Absent on purpose: images_per_class (growing a
+# dataset keeps its finished shards) and batch_size (a resume on another machine may use another
+# batch size; images then match an uninterrupted run up to float rounding instead of bit for bit).
+_SYNTH_FIELDS = ("backend", "model", "resolution", "store_resolution", "image_format", "jpeg_quality", "steps",
+                 "guidance_scale", "negative_prompt", "scheduler", "dtype", "shard_size", "clip_guided", "filter")
+
+
+def fingerprint_fields(cfg) -> dict:
+    """The config values that decide what every finished row holds."""
+    d = cfg.to_dict()
+    return {
+        "classes": d["classes"],
+        "seed": d["seed"],
+        "teacher": {k: d["teacher"][k] for k in ("model", "templates", "dtype")},
+        "prompts": d["prompts"],
+        "synth": {k: d["synth"][k] for k in _SYNTH_FIELDS},
+    }
+
+
+def fingerprint(cfg) -> str:
+    return hashlib.sha256(json.dumps(fingerprint_fields(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def check_or_write_state(dataset_dir: Path, cfg, overwrite: bool, *, write: bool = True) -> bool:
+    """Refuse a folder holding a dataset from a different config (unless ``overwrite``).
+
+    Returns True when the folder must be cleared first (``overwrite`` and a different config).
+    Otherwise writes the state file for this config (when ``write``: the main process).
+    """
+    path = dataset_dir / STATE_NAME
+    fields = fingerprint_fields(cfg)
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("fingerprint") != fingerprint(cfg):
+            if overwrite:
+                return True
+            changed = ", ".join(_diff(old.get("fields", {}), fields)[:4]) or "unknown fields"
+            raise UserError(
+                f"'{dataset_dir}' holds a dataset made with a different config (changed: {changed}); "
+                "use another output_dir, restore those values, or pass synth.overwrite=true to start over"
+            )
+    elif any((dataset_dir / "data").glob("*.parquet")):
+        if overwrite:
+            return True
+        raise UserError(f"'{dataset_dir}' holds parquet shards not written by this tool; "
+                        "use another output_dir or pass synth.overwrite=true to start over")
+    if write:
+        write_state(dataset_dir, cfg)
+    return False
+
+
+def write_state(dataset_dir: Path, cfg) -> None:
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    path = dataset_dir / STATE_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint(cfg), "fields": fingerprint_fields(cfg)}, indent=1),
+                   encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,226 @@
+"""``synthesize(cfg)``: prompts -> images -> a resumable Hugging Face dataset in ``OUT/dataset``.
+
+One code path for one process and for many (``accelerate launch -m synth``): pending shards are
+split between processes, each process writes its own shards, the main process writes the card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from . import schema
+from .backends import Backend, get_backend
+from .plan import ShardSpec, check_or_write_state, plan_shards
+from .writer import DatasetWriter, done_shards, remove_stale, to_uint8
+
+DATASET_DIR = "dataset"
+
+
+@dataclass
+class SynthResult:
+    dataset_dir: Path
+    planned_shards: int
+    written_shards: int  #: by this process in this run
+    generated: int  #: images made by this process in this run (filter retries included)
+    seconds: float
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def synthesize(cfg, *, state=None) -> SynthResult:
+    """Generate every missing (label, index) image of ``cfg`` into ``cfg.out / "dataset"``.
+
+    Safe to re-run: finished shards are kept, missing ones are regenerated with the same images as an
+    uninterrupted run. Raises :class:`~dfkd.errors.UserError` before any image for bad input.
+    """
+    from accelerate import PartialState
+
+    state = state or PartialState()
+    s = cfg.synth
+    dataset_dir = cfg.out / DATASET_DIR
+    start = time.perf_counter()
+
+    # 1. check inputs that need no model: backend and prompt method, output folder, the shard plan
+    backend_cls = get_backend(s.backend)
+    preflight_prompt_method(cfg.prompts, cfg.out)
+    specs = plan_shards(len(cfg.classes), s.images_per_class, s.shard_size)
+    prepare_output(dataset_dir, cfg, specs, main=state.is_main_process)
+    state.wait_for_everyone()
+
+    # 2. load the teacher (confidence, diagnostics, CLIP guidance) and the generator
+    device = resolve_device(s.device, state)
+    teacher = load_teacher(cfg, device, state)
+    backend = backend_cls.load(cfg, teacher=teacher, device=device)
+
+    # 3. the prompt method, in the generator's text-encoder space
+    method = create_prompt_method(cfg, backend)
+
+    # 4. this process's share of the pending shards (listed by everyone before anyone writes)
+    pending = [sp for sp in specs if sp.shard_id not in done_shards(dataset_dir / schema.DATA_DIR, specs)]
+    state.wait_for_everyone()
+    with state.split_between_processes(pending) as mine:
+        mine = list(mine)
+
+    # 5. generate, score and write shard by shard; encoding and I/O overlap generation
+    generated = generate_shards(cfg, mine, backend, method, teacher, dataset_dir, show=state.is_main_process)
+    state.wait_for_everyone()
+
+    # 6. diagnostics and the dataset card, once every process is done
+    diagnostics: dict = {}
+    if state.is_main_process:
+        from .card import write_card
+        from .diagnostics import compute_diagnostics
+
+        diagnostics = compute_diagnostics(dataset_dir, cfg, teacher)
+        write_card(dataset_dir, cfg, backend.generator_id, diagnostics)
+    state.wait_for_everyone()
+    result = SynthResult(dataset_dir, len(specs), len(mine), generated, time.perf_counter() - start, diagnostics)
+
+    # 7. publish (main process only)
+    if s.push_to_hub and state.is_main_process:
+        from .hub import push_dataset_folder
+
+        push_dataset_folder(dataset_dir, s.hub_repo, private=s.hub_private)
+    return result
+
+
+# ---------------------------------------------------------------- steps
+def prepare_output(dataset_dir: Path, cfg, specs: Sequence[ShardSpec], *, main: bool) -> None:
+    """Refuse a folder from another config (every process checks); the main process clears or tidies it."""
+    clear = check_or_write_state(dataset_dir, cfg, cfg.synth.overwrite, write=main)
+    if not main:
+        return
+    if clear:
+        shutil.rmtree(dataset_dir, ignore_errors=True)
+        check_or_write_state(dataset_dir, cfg, False, write=True)
+    remove_stale(dataset_dir / schema.DATA_DIR, specs)
+
+
+def resolve_device(name: str, state) -> torch.device:
+    """``auto``: this process's accelerator under Accelerate (cuda:LOCAL_RANK, mps) else cpu."""
+    if name == "auto":
+        return state.device
+    if name == "cuda" and state.num_processes > 1:
+        return state.device
+    return torch.device(name)
+
+
+def load_teacher(cfg, device: torch.device, state):
+    from prompts.teacher import ClipTeacher
+
+    teacher = ClipTeacher.load(cfg.teacher.model, device=device, dtype=cfg.teacher.dtype,
+                               trust_remote_code=cfg.teacher.trust_remote_code)
+    with state.main_process_first():  # the zero-shot head is cached on disk once
+        teacher.set_classes(cfg.classes, cfg.teacher.templates)
+    return teacher
+
+
+def preflight_prompt_method(prompts_cfg, run_dir: Path) -> None:
+    from prompts.methods import preflight_prompt_method as preflight
+
+    preflight(prompts_cfg, run_dir)
+
+
+def create_prompt_method(cfg, backend: Backend):
+    from prompts.methods import create_prompt_method as create
+
+    return create(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=cfg.seed, run_dir=cfg.out)
+
+
+@torch.no_grad()
+def teacher_confidence(teacher, images: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
+    """``(B,)`` the teacher's zero-shot probability of each intended class; ``images`` ``(B, 3, H, W)`` in [0, 1]."""
+    probs = teacher(images.to(teacher.device)).softmax(-1)
+    return probs[torch.arange(len(labels)), torch.as_tensor(list(labels), device=probs.device)].float().cpu()
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """A fresh, reproducible seed for filter retry ``attempt`` of an image."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:retry{attempt}".encode()).digest()[:7], "little")
+
+
+def generate_shards(cfg, shards: Sequence[ShardSpec], backend: Backend, method, teacher, dataset_dir: Path,
+                    *, show: bool = True) -> int:
+    """Generate ``shards`` and queue them to the writer; returns the number of images generated."""
+    from tqdm.auto import tqdm
+
+    s = cfg.synth
+    total = sum(len(sp.keys) for sp in shards)
+    bar = tqdm(total=total, unit="img", desc="synth", disable=not (show and s.progress), dynamic_ncols=True)
+    generated = 0
+    with DatasetWriter(dataset_dir, cfg.classes, image_format=s.image_format, jpeg_quality=s.jpeg_quality,
+                       store_resolution=s.store_resolution, threads=s.writer_threads) as writer:
+        for spec in shards:
+            rows, info = [], {"generated": 0, "regenerated": 0, "dropped": 0, "below_threshold": 0}
+            for keys in spec.batches(s.batch_size):
+                batch_rows, n = make_batch(keys, cfg, backend, method, teacher, writer, info)
+                rows += batch_rows
+                generated += n
+                bar.update(len(keys))
+            writer.write_shard(spec, rows, info)
+    bar.close()
+    return generated
+
+
+def make_batch(keys, cfg, backend: Backend, method, teacher, writer: DatasetWriter, info: dict) -> tuple[list[dict], int]:
+    """Rows for one batch of keys (images queued for encoding); applies the optional confidence filter."""
+    f = cfg.synth.filter
+    records = [method.record(label, index) for label, index in keys]
+    arrays, conf = render(records, backend, method, teacher, cfg.synth.store_resolution)
+    generated = len(records)
+    if f.enabled:
+        for attempt in range(1, f.max_tries + 1 if f.mode == "regenerate" else 1):
+            low = [i for i, c in enumerate(conf.tolist()) if c < f.threshold]
+            if not low:
+                break
+            retry = [replace(records[i], seed=retry_seed(records[i].seed, attempt)) for i in low]
+            new_arrays, new_conf = render(retry, backend, method, teacher, cfg.synth.store_resolution)
+            for j, i in enumerate(low):
+                records[i], arrays[i], conf[i] = retry[j], new_arrays[j], new_conf[j]
+            generated += len(low)
+            info["regenerated"] += len(low)
+    info["generated"] += generated
+    keep = [i for i in range(len(records)) if not (f.enabled and conf[i] < f.threshold)]
+    info["below_threshold"] += len(records) - len(keep)
+    if f.enabled and f.mode == "drop":
+        info["dropped"] += len(records) - len(keep)
+    else:
+        keep = list(range(len(records)))
+    futures = writer.encode(arrays[keep])
+    return [row(records[i], fut, float(conf[i]), backend.generator_id) for i, fut in zip(keep, futures)], generated
+
+
+def render(records, backend: Backend, method, teacher, store_resolution: int):
+    """Generate ``records``: (``(B, S, S, 3)`` uint8 stored pixels, ``(B,)`` teacher confidence on those pixels)."""
+    with torch.no_grad():
+        encoding = method.encode(records)
+    images = backend.generate(records, encoding)
+    arrays = to_uint8(images, store_resolution)
+    stored = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
+    return arrays, teacher_confidence(teacher, stored, [r.label for r in records])
+
+
+def row(record, image_future, confidence: float, generator_id: str) -> dict:
+    """One dataset row (see :data:`synth.schema.COLUMNS`)."""
+    return {
+        "image": image_future,
+        "label": int(record.label),
+        "index": int(record.index),
+        "class_name": record.class_name,
+        "prompt": record.text,
+        "method": record.method,
+        "style": record.style_json(),
+        "seed": int(record.seed),
+        "generator": generator_id,
+        "teacher_confidence": confidence,
+    }
