@@ -1,11 +1,64 @@
-"""``dfkd distill`` and ``dfkd eval`` (issue #5)."""
+"""``dfkd distill`` and ``dfkd eval`` (also ``python -m distill`` and ``accelerate launch -m distill``)."""
 
-from dfkd.errors import NotAvailableError
+from __future__ import annotations
+
+from pathlib import Path
+
+from dfkd.config import ExperimentConfig, is_main_process, write_resolved_config
+from dfkd.errors import UserError
 
 
-def main(cfg, args) -> int:
-    raise NotAvailableError("`dfkd distill` is not available yet: distillation lands with issue #5")
+def main(cfg: ExperimentConfig, args=None) -> int:
+    """Train (or resume) the student, export it to OUTPUT_DIR/student and evaluate it when eval.data is set."""
+    from .trainer import train
+
+    write_resolved_config(cfg)
+    result = train(cfg)
+    if is_main_process():
+        print(f"dfkd distill: {result.steps} steps, {result.images_per_second:.0f} images/s; student -> {result.student_dir}")
+        if result.eval is not None:
+            from .evaluate import markdown_table
+
+            print(markdown_table(result.eval), end="")
+            print(f"dfkd distill: evaluation -> {cfg.out / 'eval.md'}")
+    return 0
 
 
-def evaluate(cfg, args) -> int:
-    raise NotAvailableError("`dfkd eval` is not available yet: evaluation lands with issue #5")
+def evaluate(cfg: ExperimentConfig, args=None) -> int:
+    """Per-domain top-1 of teacher and student on eval.data; writes OUTPUT_DIR/eval.json and eval.md."""
+    result = run_evaluation(cfg)
+    if is_main_process():
+        from .evaluate import markdown_table
+
+        print(markdown_table(result), end="")
+        print(f"dfkd eval: results -> {cfg.out / 'eval.json'} and {cfg.out / 'eval.md'}")
+    return 0
+
+
+def run_evaluation(cfg: ExperimentConfig) -> dict:
+    """Load the exported student and the teacher, score every domain of eval.data, write the results."""
+    from accelerate import Accelerator
+
+    from .data import read_real
+    from .evaluate import evaluate_models, write_eval
+    from .export import load_student
+    from .teacher import load_teacher
+
+    e = cfg.eval
+    if not e.data:
+        raise UserError("eval.data is not set; pass eval.data=ROOT (a DomainBed folder ROOT/<domain>/<class>/*.jpg) "
+                        "or a Hugging Face dataset with a domain column")
+    domains = read_real(e.data, cfg.classes, e.domains, e.split, e.domain_column, e.label_column, e.image_column)
+    student_dir = Path(e.student) if e.student else cfg.out / "student"
+    accelerator = Accelerator(mixed_precision=cfg.distill.mixed_precision)
+    student = load_student(student_dir, accelerator.device)
+    if student.classes != list(cfg.classes):
+        raise UserError(f"the student at '{student_dir}' was trained on classes {student.classes[:4]}..., not the "
+                        "config's; evaluate it with the config it was trained with")
+    teacher = load_teacher(cfg.teacher.model, cfg.classes, cfg.teacher.templates, student.pre.mean, student.pre.std,
+                           accelerator.device, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+    result = evaluate_models(teacher, student.model, student.pre, domains, e, accelerator,
+                             num_workers=cfg.distill.num_workers)
+    if accelerator.is_main_process:
+        write_eval(result, cfg.out, {"data": e.data, "student": str(student_dir), "teacher": cfg.teacher.model})
+    return result

@@ -41,6 +41,7 @@ class FewShotConfig:
     data: str | None = None  #: DomainBed-layout root (or HF dataset) holding real labelled images
     domain: str | None = None  #: the domain to draw the shots from
     shots: int = 0  #: real images per class (0 = data-free)
+    ce_weight: float = 1.0  #: weight of the cross-entropy on the real images
 
     def validate(self, prefix: str) -> None:
         check(self.shots >= 0, prefix + "shots", "must be >= 0")
@@ -76,6 +77,7 @@ class DistillConfig:
     resume_from_checkpoint: str | None = None  #: latest or a checkpoint folder
     eval_every: int = 0  #: steps between evaluations during training (0 = only at the end)
     log_with: str = "tensorboard"  #: an Accelerate tracker, or none
+    log_every: int = 10  #: steps between loss logs (progress bar and trackers)
     few_shot: FewShotConfig = field(default_factory=FewShotConfig)
     push_to_hub: bool = False
     hub_repo: str | None = None
@@ -107,6 +109,7 @@ class EvalConfig:
     split: str = "test"
     batch_size: int = 128
     max_images_per_domain: int | None = None
+    student: str | None = None  #: exported student folder for `dfkd eval`; default OUTPUT_DIR/student
 
     def validate(self, prefix: str) -> None:
         check(self.batch_size >= 1, prefix + "batch_size", "must be at least 1")

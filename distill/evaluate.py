@@ -1,0 +1,113 @@
+"""Evaluation on real domain-shift data: per-domain top-1 of the teacher (zero-shot) and the student, side by side.
+
+Images are decoded, resized (shorter side) and centre-cropped to ``max(student size, teacher size)``;
+the teacher reads that view, the student the same view resized to its input size. Each process
+scores a slice of every domain and the counts are summed across processes, so evaluation is exact
+under any launch. Results go to ``OUT/eval.json`` and ``OUT/eval.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .augment import normalize
+from .config import EvalConfig
+from .data import RealImages, center_square, decode_image
+from .students import Preprocessing
+
+
+class SquareViews(torch.utils.data.Dataset):
+    """Item ``i`` of a domain -> (``(3, R, R)`` uint8 centre view, label)."""
+
+    def __init__(self, real: RealImages, indices: Sequence[int], size: int):
+        self.real, self.indices, self.size = real, list(indices), size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = self.indices[i]
+        return center_square(decode_image(self.real.read(j)), self.size), self.real.labels[j]
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def domain_indices(real: RealImages, limit: int | None, rank: int, world: int) -> list[int]:
+    """This process's slice of a domain (an evenly spread, seeded subset when ``limit`` is set)."""
+    idx = list(range(len(real.labels)))
+    if limit is not None and limit < len(idx):
+        idx = sorted(torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:limit].tolist())
+    return idx[rank::world]
+
+
+@torch.no_grad()
+def score_domain(teacher, student, pre: Preprocessing, real: RealImages, ecfg: EvalConfig, accelerator,
+                 with_teacher: bool, num_workers: int = 0) -> torch.Tensor:
+    """``(3,)`` float64 counts summed over processes: [teacher correct, student correct, images]."""
+    device = accelerator.device
+    view = max(pre.input_size, teacher.clip.image_size) if with_teacher else pre.input_size
+    idx = domain_indices(real, ecfg.max_images_per_domain, accelerator.process_index, accelerator.num_processes)
+    loader = torch.utils.data.DataLoader(SquareViews(real, idx, view), batch_size=ecfg.batch_size, num_workers=num_workers)
+    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    for images, labels in loader:
+        x = images.to(device).float() / 255
+        labels = labels.to(device)
+        if with_teacher:
+            counts[0] += (teacher.from_pixels(x).logits.argmax(-1) == labels).sum()
+        xs = F.interpolate(x, size=(pre.input_size,) * 2, mode="bilinear", antialias=True) if view != pre.input_size else x
+        with accelerator.autocast():
+            counts[1] += (_logits(student, normalize(xs, mean, std)).argmax(-1) == labels).sum()
+        counts[2] += len(labels)
+    return accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
+
+
+def evaluate_models(teacher, student, pre: Preprocessing, domains: list[RealImages], ecfg: EvalConfig, accelerator,
+                    with_teacher: bool = True, num_workers: int = 0) -> dict[str, Any]:
+    """Per-domain top-1 (%) and the mean over domains for the teacher and the student."""
+    student = accelerator.unwrap_model(student)
+    was_training = student.training
+    student.eval()
+    rows = []
+    for real in domains:
+        t, s, n = score_domain(teacher, student, pre, real, ecfg, accelerator, with_teacher, num_workers).tolist()
+        rows.append({"domain": real.domain, "images": int(n),
+                     "teacher": 100 * t / max(n, 1) if with_teacher else None, "student": 100 * s / max(n, 1)})
+    student.train(was_training)
+    mean = {who: (sum(r[who] for r in rows) / len(rows) if rows and rows[0][who] is not None else None)
+            for who in ("teacher", "student")}
+    flat = {who: {**{r["domain"]: r[who] for r in rows}, "mean": mean[who]} for who in ("teacher", "student")}
+    return {"domains": rows, "mean": mean, "teacher_flat": flat["teacher"], "student_flat": flat["student"]}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The per-domain table: | domain | images | teacher (zero-shot) | student |."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = ["| domain | images | teacher (zero-shot) top-1 % | student top-1 % |", "|---|---:|---:|---:|"]
+    for r in result["domains"]:
+        lines.append(f"| {r['domain']} | {r['images']} | {pct(r['teacher'])} | {pct(r['student'])} |")
+    m = result["mean"]
+    lines.append(f"| **mean** | {sum(r['images'] for r in result['domains'])} | **{pct(m['teacher'])}** | **{pct(m['student'])}** |")
+    return "\n".join(lines) + "\n"
+
+
+def write_eval(result: dict[str, Any], out: Path, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """``OUT/eval.json`` and ``OUT/eval.md`` (main process)."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {k: v for k, v in result.items() if not k.endswith("_flat")}
+    payload.update(extra or {})
+    (out / "eval.json").write_text(json.dumps(payload, indent=2))
+    (out / "eval.md").write_text(markdown_table(result))
+    return out / "eval.json", out / "eval.md"

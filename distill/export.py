@@ -1,0 +1,159 @@
+"""The exported student: ``OUT/student/{model.safetensors, config.json, README.md}``, a loader and Hub upload.
+
+``config.json`` follows timm's Hub format (``architecture``, ``num_classes``, ``label_names``,
+``pretrained_cfg`` with ``input_size``/``mean``/``std``, ``model_args``) plus a ``dfkd`` block, so a timm
+student also loads with ``timm.create_model("hf-hub:user/name", pretrained=True)``. Any student loads with::
+
+    from distill import load_student
+    student = load_student("runs/tiny/student")   # (B, 3, H, W) floats in [0, 1] -> (B, C) logits
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfkd.config import ExperimentConfig
+from dfkd.errors import UserError
+
+from .augment import normalize, resize_center_crop
+from .students import DistillStudent, Preprocessing, create_student
+
+WEIGHTS_NAME = "model.safetensors"
+HEAD_NAME = "emb_head.safetensors"
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def export_student(model: DistillStudent, folder: str | Path, cfg: ExperimentConfig, kind: str, pre: Preprocessing,
+                   dataset_dir: Path | None = None, metrics: dict[str, Any] | None = None,
+                   train_info: dict[str, Any] | None = None) -> Path:
+    """Write weights, config and model card of ``model.student`` (and its embedding head) into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    d = cfg.distill
+    meta = {
+        "student": d.student, "kind": kind, "student_kwargs": d.student_kwargs, "classes": list(cfg.classes),
+        "preprocessing": pre.to_dict(), "teacher": cfg.teacher.model, "templates": cfg.teacher.templates,
+        "prompt_method": cfg.prompts.method, "synth_backend": cfg.synth.backend, "synth_model": cfg.synth.model,
+        "dataset": str(dataset_dir) if dataset_dir else None, "loss": vars(d.loss).copy(),
+        "embedding_dim": model.head.out_features if model.head is not None else None, **(train_info or {}),
+    }
+    student = model.student
+    if kind == "timm":
+        from timm.models import save_for_hf
+
+        data_config = {"input_size": (3, pre.input_size, pre.input_size), "mean": pre.mean, "std": pre.std}
+        save_for_hf(student, str(folder), model_config={"label_names": list(cfg.classes), "dfkd": meta},
+                    model_args=dict(d.student_kwargs) or None, safe_serialization=True, data_config=data_config)
+    else:
+        save_file(_state(student), str(folder / WEIGHTS_NAME))
+        config = {"architecture": d.student, "num_classes": len(cfg.classes), "label_names": list(cfg.classes),
+                  "model_args": d.student_kwargs,
+                  "pretrained_cfg": {"input_size": [3, pre.input_size, pre.input_size], "mean": list(pre.mean),
+                                     "std": list(pre.std)},
+                  "dfkd": meta}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if model.head is not None:
+        save_file(_state(model.head), str(folder / HEAD_NAME))
+    (folder / "README.md").write_text(model_card(cfg, meta, metrics))
+    return folder
+
+
+def model_card(cfg: ExperimentConfig, meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
+    """A Hub model card: front matter, how it was made, the metrics table and the one-line loader."""
+    from .evaluate import markdown_table
+
+    timm_tag = "library_name: timm\n" if meta["kind"] == "timm" else ""
+    loss = meta["loss"]
+    table = markdown_table(metrics) if metrics else "Not evaluated on real data (`eval.data` was not set).\n"
+    name = cfg.name or "dfkd"
+    return f"""---
+{timm_tag}pipeline_tag: image-classification
+tags: [image-classification, knowledge-distillation, data-free, clip, dfkd]
+---
+
+# {name}: `{meta['student']}` distilled from `{meta['teacher']}` without real data
+
+A data-free knowledge-distillation student: trained only on synthetic images generated from the class
+names with prompt diversification (`{meta['prompt_method']}` prompts, `{meta['synth_backend']}` backend
+`{meta['synth_model']}`), imitating the CLIP teacher's zero-shot classifier.
+
+| | |
+|---|---|
+| teacher | `{meta['teacher']}` (zero-shot head over the `{meta['templates']}` templates) |
+| student | `{meta['student']}` ({meta['kind']}), input {meta['preprocessing']['input_size']} px |
+| classes | {', '.join(meta['classes'])} |
+| training data | {meta.get('images', '?')} synthetic images (`{meta['dataset']}`) |
+| losses | KD {loss['kd']} (τ = {loss['temperature']}), CE {loss['ce']}, embedding {loss['emb']} |
+| steps | {meta.get('steps', '?')} |
+
+## Evaluation (top-1 %, per domain)
+
+{table}
+## Usage
+
+```python
+from distill import load_student
+
+student = load_student("path/to/this/folder")  # (B, 3, H, W) floats in [0, 1] -> (B, C) logits
+probs = student(images).softmax(-1)             # classes: student.classes
+```
+"""
+
+
+class LoadedStudent(nn.Module):
+    """An exported student with its preprocessing: ``(B, 3, H, W)`` floats in [0, 1] -> ``(B, C)`` logits."""
+
+    def __init__(self, model: nn.Module, classes: list[str], pre: Preprocessing, config: dict[str, Any]):
+        super().__init__()
+        self.model, self.classes, self.pre, self.config = model.eval(), classes, pre, config
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = resize_center_crop(images, self.pre.input_size)
+        return self.model(normalize(x, self.mean, self.std))
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu") -> LoadedStudent:
+    """Load a student exported by ``dfkd distill`` (folder with ``config.json`` and ``model.safetensors``)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise UserError(f"no exported student at '{path}' (config.json + {WEIGHTS_NAME}); run `dfkd distill` first "
+                        "or set eval.student")
+    config = json.loads((path / "config.json").read_text())
+    meta = config.get("dfkd", {})
+    classes = list(config.get("label_names") or meta.get("classes"))
+    model, _ = create_student(meta.get("student", config["architecture"]), len(classes), meta.get("student_kwargs"))
+    model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+    p = meta.get("preprocessing") or {}
+    pcfg = config.get("pretrained_cfg", {})
+    pre = Preprocessing(int(p.get("input_size") or pcfg["input_size"][-1]), tuple(p.get("mean") or pcfg["mean"]),
+                        tuple(p.get("std") or pcfg["std"]))
+    return LoadedStudent(model, classes, pre, config).to(device)
+
+
+def push_student(folder: str | Path, repo: str, private: bool = False, token: str | None = None) -> str:
+    """Upload ``folder`` to the Hub model repo ``repo`` (token: HF_TOKEN or `hf auth login`; never printed)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
+                                 commit_message="Upload data-free distilled student (dfkd)")
+    except Exception as exc:
+        raise UserError(f"cannot upload the student to the Hub repo '{repo}' ({type(exc).__name__}); check "
+                        "`hf auth login` or HF_TOKEN, the repo name and the network") from exc
+    return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}")

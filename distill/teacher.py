@@ -1,0 +1,67 @@
+"""The distillation teacher: the frozen CLIP zero-shot classifier, fed the student's own augmented view.
+
+The trainer hands it the student's input (normalised with the *student's* mean/std); it undoes that
+normalisation and lets :class:`prompts.teacher.ClipTeacher` resize and normalise to CLIP's own
+preprocessing, so teacher and student always see the same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prompts.teacher import ClipTeacher
+
+
+@dataclass
+class TeacherOutput:
+    logits: torch.Tensor  #: (B, C) zero-shot logits, float32
+    features: torch.Tensor  #: (B, D) L2-normalised image features g(x), float32
+
+
+class DistillTeacher(nn.Module):
+    """Frozen, eval-mode, ``no_grad`` wrapper of a :class:`ClipTeacher` with its zero-shot head set."""
+
+    def __init__(self, clip: ClipTeacher, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        if clip.head is None:
+            raise ValueError("call clip.set_classes(...) before wrapping it")
+        self.clip = clip.eval()
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.clip.head.weights.shape[1])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.clip.head.classes)
+
+    def train(self, mode: bool = True) -> DistillTeacher:
+        return super().train(False)  # always eval: no dropout, frozen statistics
+
+    @torch.no_grad()
+    def forward(self, student_input: torch.Tensor) -> TeacherOutput:
+        """``(B, 3, S, S)`` normalised with the student's mean/std -> logits ``(B, C)`` and features ``(B, D)``."""
+        images = (student_input.float() * self.std + self.mean).clamp(0, 1)
+        return self.from_pixels(images)
+
+    @torch.no_grad()
+    def from_pixels(self, images: torch.Tensor) -> TeacherOutput:
+        """``(B, 3, H, W)`` float in [0, 1] -> :class:`TeacherOutput`."""
+        feats = self.clip.image_features(images)
+        return TeacherOutput(self.clip.logits_from_features(feats).float(), feats.float())
+
+
+def load_teacher(model_id: str, classes: Sequence[str], templates: str, mean: Sequence[float], std: Sequence[float],
+                 device: str | torch.device = "cpu", dtype: str = "fp32", trust_remote_code: bool = False) -> DistillTeacher:
+    """Load the CLIP teacher, build (or read from cache) its zero-shot head for ``classes``."""
+    clip = ClipTeacher.load(model_id, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    clip.set_classes(list(classes), templates)
+    return DistillTeacher(clip, mean, std).to(device)

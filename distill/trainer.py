@@ -1,0 +1,376 @@
+"""The distillation loop on Accelerate: one loop for CPU, one GPU, many GPUs and machines.
+
+``train(cfg)`` does, in order:
+
+1. check every input a user can get wrong (student, dataset, eval data, checkpoint) before any heavy work;
+2. build the Accelerator (mixed precision, gradient accumulation, trackers);
+3. load the frozen CLIP teacher and its zero-shot head;
+4. decode the synthetic set (+ few-shot real images) onto the device, or set up a DataLoader;
+5. optimiser and warm-up/cosine schedule; ``accelerator.prepare``;
+6. resume from ``checkpoint-STEP`` when asked (model, optimiser, scheduler, RNG; data position = step);
+7. train: augment on the device, teacher forward (no grad) on the same view, student forward/backward;
+   ``save_state`` every ``checkpointing_steps`` keeping the last ``checkpoints_total_limit``;
+8. export ``OUT/student`` and evaluate on real data when ``eval.data`` is set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dfkd.config import ExperimentConfig
+from dfkd.errors import UserError
+
+from .augment import augment, normalize, step_generator
+from .data import (
+    ArrowImages,
+    BatchPlan,
+    RealImages,
+    TrainData,
+    decode_all,
+    few_shot_images,
+    fits_on_device,
+    load_synthetic,
+    read_real,
+    stored_size,
+)
+from .losses import LossInputs, total_loss
+from .students import (
+    DistillStudent,
+    Preprocessing,
+    check_student_output,
+    create_student,
+    student_preprocessing,
+)
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainResult:
+    steps: int  #: optimiser steps done in total
+    images_per_second: float  #: steady-state training throughput (all processes), after warm-up
+    final_loss: float
+    student_dir: Path | None
+    eval: dict[str, Any] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- 1. inputs
+
+
+@dataclass
+class Inputs:
+    """Everything checked before training: built student, preprocessing, data, resume point."""
+
+    student: torch.nn.Module
+    kind: str
+    pre: Preprocessing
+    dataset: Any
+    dataset_dir: Path
+    resume_dir: Path | None
+    few_shot: RealImages | None
+    eval_domains: list[RealImages] | None
+
+
+def checkpoint_step(path: Path) -> int:
+    m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (those with a trainer state file) under ``OUT/checkpoints``, oldest first."""
+    root = out / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if checkpoint_step(p) >= 0 and (p / STATE_FILE).is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def find_resume_dir(cfg: ExperimentConfig) -> Path | None:
+    """``distill.resume_from_checkpoint``: None, ``latest`` (error if there is none) or a checkpoint folder."""
+    choice = cfg.distill.resume_from_checkpoint
+    if not choice:
+        return None
+    if choice == "latest":
+        ckpts = list_checkpoints(cfg.out)
+        if not ckpts:
+            raise UserError(f"distill.resume_from_checkpoint=latest but there is no checkpoint in "
+                            f"'{cfg.out / CHECKPOINTS_DIR}'; drop the option to train from scratch")
+        return ckpts[-1]
+    path = Path(choice)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"distill.resume_from_checkpoint='{choice}' is not a checkpoint folder (no {STATE_FILE}); "
+                        "use latest or an OUT/checkpoints/checkpoint-STEP folder")
+    return path
+
+
+def check_inputs(cfg: ExperimentConfig, main_first) -> Inputs:
+    """Step 1: every user-fixable error is raised here, before the teacher loads or training starts."""
+    d = cfg.distill
+    torch.manual_seed(cfg.seed)
+    student, kind = create_student(d.student, len(cfg.classes), d.student_kwargs, d.pretrained)
+    pre = student_preprocessing(student, d.input_size, d.mean, d.std)
+    check_student_output(student, d.student, len(cfg.classes), pre.input_size)
+    dataset_dir = Path(d.dataset) if d.dataset else cfg.out / "dataset"
+    with main_first():
+        ds = load_synthetic(dataset_dir, cfg.classes)
+    resume_dir = find_resume_dir(cfg)
+    few = None
+    if d.few_shot.shots > 0:
+        domains = [d.few_shot.domain] if d.few_shot.domain else None
+        few = read_real(d.few_shot.data, cfg.classes, domains, cfg.eval.split, cfg.eval.domain_column,
+                        cfg.eval.label_column, cfg.eval.image_column)[0]
+    eval_domains = None
+    if cfg.eval.data:
+        e = cfg.eval
+        eval_domains = read_real(e.data, cfg.classes, e.domains, e.split, e.domain_column, e.label_column, e.image_column)
+    return Inputs(student, kind, pre, ds, dataset_dir, resume_dir, few, eval_domains)
+
+
+# ----------------------------------------------------------------------------- 2. accelerator
+
+
+def resolve_tracker(name: str, is_main: bool) -> str | None:
+    """``none`` -> None; ``tensorboard`` without tensorboard installed -> None with a one-line notice."""
+    if not name or name.lower() == "none":
+        return None
+    if name == "tensorboard" and not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+        if is_main:
+            print("dfkd distill: tensorboard is not installed, logging to trackers is off "
+                  "(pip install 'dfkd[tensorboard]' or set distill.log_with=none)")
+        return None
+    return name
+
+
+def make_accelerator(cfg: ExperimentConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    from dfkd.config import is_main_process
+
+    d = cfg.distill
+    project = ProjectConfiguration(project_dir=str(cfg.out), logging_dir=str(cfg.out / "logs"))
+    return Accelerator(mixed_precision=d.mixed_precision, gradient_accumulation_steps=d.gradient_accumulation_steps,
+                       log_with=resolve_tracker(d.log_with, is_main_process()), project_config=project)
+
+
+# ----------------------------------------------------------------------------- 4. data
+
+
+def build_train_data(cfg: ExperimentConfig, inputs: Inputs, accelerator) -> TrainData:
+    """Step 4: the synthetic set (+ few-shot images) resident on the device, or behind a DataLoader."""
+    d = cfg.distill
+    ds = inputs.dataset
+    size = stored_size(ds)
+    num_items = len(ds) + (d.few_shot.shots * len(cfg.classes) if inputs.few_shot else 0)
+    plan = BatchPlan(num_items, d.batch_size, accelerator.num_processes, accelerator.process_index, cfg.seed)
+    nbytes = num_items * 3 * size[0] * size[1]
+    syn = ArrowImages(ds, size)
+    if not fits_on_device(nbytes, accelerator.device, d.device_resident):
+        if inputs.few_shot is not None:
+            raise UserError("few-shot training needs the synthetic set in memory; set distill.device_resident=always")
+        return TrainData(plan, accelerator.device, dataset=syn, num_workers=d.num_workers)
+    images, labels = decode_all(syn, num_workers=d.num_workers)
+    is_real = torch.zeros(len(labels), dtype=torch.bool)
+    if inputs.few_shot is not None:
+        real_x, real_y = few_shot_images(inputs.few_shot, d.few_shot.shots, len(cfg.classes), size, cfg.seed)
+        images, labels = torch.cat([images, real_x]), torch.cat([labels, real_y])
+        is_real = torch.cat([is_real, torch.ones(len(real_y), dtype=torch.bool)])
+    return TrainData(plan, accelerator.device, images, labels, is_real)
+
+
+# ----------------------------------------------------------------------------- 5. optimiser
+
+
+def make_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    d = cfg.distill
+    if d.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=d.lr, momentum=d.momentum, weight_decay=d.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=d.lr, weight_decay=d.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, total_steps: int):
+    """Linear warm-up for ``warmup_steps``, then cosine to 0 (or constant)."""
+    d = cfg.distill
+    warm = min(d.warmup_steps, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if d.scheduler == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def total_steps(cfg: ExperimentConfig, batches_per_epoch: int) -> int:
+    d = cfg.distill
+    if d.max_steps:
+        return d.max_steps
+    return max(1, d.epochs * batches_per_epoch // d.gradient_accumulation_steps)
+
+
+# ----------------------------------------------------------------------------- 7. checkpoints
+
+
+def save_checkpoint(accelerator, cfg: ExperimentConfig, step: int) -> Path:
+    """``save_state`` into ``OUT/checkpoints/checkpoint-STEP`` (all processes), then prune (main process)."""
+    path = cfg.out / CHECKPOINTS_DIR / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / STATE_FILE).write_text(json.dumps({"step": step}))
+        for old in list_checkpoints(cfg.out)[:-cfg.distill.checkpoints_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(accelerator, path: Path) -> int:
+    """Restore model, optimiser, scheduler and RNG states; returns the optimiser step to continue from."""
+    accelerator.load_state(str(path))
+    return int(json.loads((path / STATE_FILE).read_text())["step"])
+
+
+# ----------------------------------------------------------------------------- 8. the loop
+
+
+def train_step(model, teacher, batch, cfg: ExperimentConfig, size: int, pre_tensors, gen, accelerator) -> tuple[torch.Tensor, dict]:
+    """One micro-batch: augment (B, 3, H, W) uint8 -> student view ``(B, 3, size, size)``; teacher and student
+    on that same view; loss; backward. Returns the detached loss and its parts."""
+    d = cfg.distill
+    mean, std = pre_tensors
+    x = normalize(augment(batch.images, size, d.augment, gen), mean, std)
+    with accelerator.autocast():
+        t = teacher(x)
+        logits, emb = model(x)
+    inputs = LossInputs(logits, t.logits, batch.labels, emb, t.features,
+                        batch.is_real if cfg.distill.few_shot.shots > 0 else None, d.few_shot.ce_weight)
+    loss, parts = total_loss(inputs, d.loss)
+    accelerator.backward(loss)
+    return loss.detach(), parts
+
+
+def train(cfg: ExperimentConfig, stop_after_step: int | None = None) -> TrainResult:
+    """Distil the teacher into the student (see the module docstring). ``stop_after_step`` stops early
+    right after that step, as if the job had been killed there (used to test resuming)."""
+    from tqdm.auto import tqdm
+
+    from .evaluate import evaluate_models, write_eval
+    from .export import export_student, push_student
+    from .teacher import load_teacher
+
+    d = cfg.distill
+    # 1-2. inputs and accelerator
+    accelerator = make_accelerator(cfg)
+    inputs = check_inputs(cfg, accelerator.main_process_first)
+    # 3. teacher
+    teacher = load_teacher(cfg.teacher.model, cfg.classes, cfg.teacher.templates, inputs.pre.mean, inputs.pre.std,
+                           accelerator.device, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+    # 4. data
+    data = build_train_data(cfg, inputs, accelerator)
+    steps = total_steps(cfg, data.plan.batches_per_epoch)
+    # 5. model, optimiser, schedule
+    model = DistillStudent(inputs.student, len(cfg.classes), teacher.feature_dim if d.loss.emb > 0 else None)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimiser step
+    # 6. resume
+    start = load_checkpoint(accelerator, inputs.resume_dir) if inputs.resume_dir else 0
+    if accelerator.is_main_process:
+        accelerator.init_trackers("dfkd-distill", config=_flat_config(cfg))
+    pre_tensors = tuple(torch.tensor(v, device=accelerator.device).view(1, 3, 1, 1) for v in (inputs.pre.mean, inputs.pre.std))
+    # 7. train
+    ga = d.gradient_accumulation_steps
+    per_step = d.batch_size * ga * accelerator.num_processes
+    stop = min(steps, stop_after_step) if stop_after_step else steps
+    bar = tqdm(total=steps, initial=start, desc="distill", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
+    model.train()
+    step, history, last_loss, t_warm, warm_step = start, [], float("nan"), None, None
+    for micro, batch in enumerate(data.batches(start * ga, stop * ga), start=start * ga):
+        gen = step_generator(cfg.seed, accelerator.process_index, micro)
+        with accelerator.accumulate(model):
+            loss, parts = train_step(model, teacher, batch, cfg, inputs.pre.input_size, pre_tensors, gen,
+                                     accelerator)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        step += 1
+        if step - start == min(2, stop - start - 1) and t_warm is None:
+            t_warm, warm_step = time.perf_counter(), step  # throughput excludes the first steps (warm-up)
+        if step % max(1, d.log_every) == 0 or step == stop:
+            last_loss = float(loss)
+            rate = per_step * (step - warm_step) / (time.perf_counter() - t_warm) if t_warm and step > warm_step else 0.0
+            logs = {"loss": last_loss, **{f"loss_{k}": float(v) for k, v in parts.items()},
+                    "lr": scheduler.get_last_lr()[0], "images_per_s": rate}
+            history.append({"step": step, **logs})
+            accelerator.log(logs, step=step)
+            bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
+        bar.update(1)
+        if step % d.checkpointing_steps == 0:
+            save_checkpoint(accelerator, cfg, step)
+        if d.eval_every and inputs.eval_domains and step % d.eval_every == 0 and step < steps:
+            res = evaluate_models(teacher, model, inputs.pre, inputs.eval_domains, cfg.eval, accelerator, with_teacher=False)
+            accelerator.log({f"eval/student/{k}": v for k, v in res["student_flat"].items()}, step=step)
+            model.train()
+    bar.close()
+    rate = per_step * (step - warm_step) / (time.perf_counter() - t_warm) if t_warm and step > warm_step else 0.0
+    if step < steps:  # stopped early: leave the run resumable, export nothing
+        accelerator.end_training()
+        return TrainResult(step, rate, last_loss, None, None, history)
+    # 8. final checkpoint, export and evaluation
+    if step % d.checkpointing_steps != 0 and step > start:
+        save_checkpoint(accelerator, cfg, step)
+    model.eval()
+    result = None
+    if inputs.eval_domains:
+        result = evaluate_models(teacher, model, inputs.pre, inputs.eval_domains, cfg.eval, accelerator)
+        accelerator.log({f"eval/{who}/{k}": v for who in ("teacher", "student") for k, v in result[f"{who}_flat"].items()},
+                        step=step)
+    else:
+        accelerator.print("dfkd distill: eval.data is not set, skipping evaluation on real data "
+                          "(set eval.data=ROOT of a DomainBed folder to evaluate)")
+    student_dir = cfg.out / "student"
+    if accelerator.is_main_process:
+        if result is not None:
+            write_eval(result, cfg.out)
+        unwrapped = accelerator.unwrap_model(model)
+        export_student(unwrapped, student_dir, cfg, inputs.kind, inputs.pre, dataset_dir=inputs.dataset_dir,
+                       metrics=result, train_info={"steps": step, "images": len(data)})
+        if d.push_to_hub:
+            url = push_student(student_dir, d.hub_repo, d.hub_private)
+            accelerator.print(f"dfkd distill: pushed the student to {url}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(step, rate, last_loss, student_dir, result, history)
+
+
+def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Scalar hyper-parameters for trackers (they reject nested values)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        elif isinstance(node, (int, float, str, bool)):
+            flat[prefix[:-1]] = node
+
+    walk("", cfg.to_dict())
+    return flat

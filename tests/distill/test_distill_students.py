@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from dfkd.errors import UserError
+from distill.students import (
+    DistillStudent,
+    check_student_output,
+    create_student,
+    resolve_student,
+    student_preprocessing,
+)
+
+
+def test_timm_student_and_preprocessing_from_pretrained_cfg():
+    model, kind = create_student("resnet18", 7)
+    assert kind == "timm"
+    pre = student_preprocessing(model)
+    assert pre.input_size == 224 and pre.mean == pytest.approx((0.485, 0.456, 0.406))
+    pre = student_preprocessing(model, input_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    assert (pre.input_size, pre.mean, pre.std) == (32, (0.5,) * 3, (0.25,) * 3)
+    check_student_output(model, "resnet18", 7, 32)
+
+
+def test_registered_and_module_attr_students():
+    model, kind = create_student("tiny_cnn", 5, {"width": 4})
+    assert kind == "registered"
+    check_student_output(model, "tiny_cnn", 5, 32)
+    model, kind = create_student("user_nets:small_mlp", 5, {"hidden": 6})
+    assert kind == "import" and model(torch.zeros(3, 3, 32, 32)).shape == (3, 5)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("resnet_does_not_exist", "unknown student 'resnet_does_not_exist'"),
+    ("os:no_such_factory", "has no attribute 'no_such_factory'"),
+    ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+])
+def test_unknown_students_are_user_errors(name, message):
+    with pytest.raises(UserError, match=message):
+        resolve_student(name)
+
+
+def test_wrong_output_shape_is_user_error():
+    model, _ = create_student("user_nets:wrong_shape_factory", 7)
+    with pytest.raises(UserError, match=r"must return \(B, num_classes\)"):
+        check_student_output(model, "wrong", 7, 32)
+
+
+def test_embedding_head_taps_classifier_input():
+    model, _ = create_student("tiny_cnn", 7, {"width": 4})
+    wrapped = DistillStudent(model, 7, teacher_dim=16)
+    logits, emb = wrapped(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 7) and emb.shape == (2, 16)
+    assert DistillStudent(model, 7)(torch.randn(2, 3, 32, 32))[1] is None

@@ -1,0 +1,150 @@
+"""The training loop on tiny models: a step, learning, exact resume, bad input."""
+
+from __future__ import annotations
+
+import torch
+from conftest import TINY_CLASSES
+from safetensors.torch import load_file
+
+from dfkd.cli import main as dfkd_main
+from distill.data import decode_image, load_synthetic
+from distill.export import load_student
+from distill.students import DistillStudent, create_student
+from distill.teacher import load_teacher
+from distill.trainer import list_checkpoints, make_accelerator, make_optimizer, train, train_step
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_one_step_changes_student_not_teacher(make_cfg, tmp_path, syn_dataset):
+    from distill.augment import step_generator
+    from distill.data import Batch
+
+    cfg = make_cfg(tmp_path, "distill.loss.emb=1.0", "distill.loss.ce=0.5")
+    accelerator = make_accelerator(cfg)
+    student, _ = create_student("tiny_cnn", 7)
+    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.5,) * 3, (0.5,) * 3)
+    model = DistillStudent(student, 7, teacher.feature_dim)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ds = load_synthetic(syn_dataset, TINY_CLASSES)
+    images = torch.stack([decode_image(ds[i]["image"]["bytes"]) for i in range(8)])
+    batch = Batch(images, torch.tensor(ds["label"][:8]), torch.zeros(8, dtype=torch.bool))
+    before_s, before_t = _state(model), _state(teacher)
+    mean_std = (torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))
+    loss, parts = train_step(model, teacher, batch, cfg, 32, mean_std, step_generator(0, 0, 0), accelerator)
+    optimizer.step()
+    assert torch.isfinite(loss) and set(parts) == {"kd", "ce", "emb"}
+    after_s, after_t = _state(model), _state(teacher)
+    assert any(not torch.equal(before_s[k], after_s[k]) for k in before_s)
+    assert "head.weight" in after_s and not torch.equal(before_s["head.weight"], after_s["head.weight"])
+    assert all(torch.equal(before_t[k], after_t[k]) for k in before_t)
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_custom_module_attr_student_trains_and_exports(make_cfg, tmp_path):
+    cfg = make_cfg(tmp_path, "distill.student=user_nets:small_mlp", "distill.student_kwargs={hidden: 12}",
+                   "distill.max_steps=4", "distill.checkpointing_steps=100")
+    result = train(cfg)
+    assert result.steps == 4 and result.student_dir is not None
+    losses = [h["loss"] for h in result.history]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    student = load_student(result.student_dir)
+    assert student.classes == TINY_CLASSES
+    assert student(torch.rand(3, 3, 40, 50)).shape == (3, 7)
+    assert list_checkpoints(cfg.out)[-1].name == "checkpoint-4"  # final state saved for later resumes
+
+
+def _agreement_and_kl(teacher, student, images):
+    """Top-1 agreement (fraction) and KL(p_T || p_S) of ``student`` with the teacher on ``images`` in [0, 1]."""
+    with torch.no_grad():
+        t = teacher.from_pixels(images).logits
+        s = student(images)
+    kl = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean")
+    return (t.argmax(-1) == s.argmax(-1)).float().mean().item(), kl.item()
+
+
+def test_agreement_with_teacher_rises_on_held_out_images(make_cfg, tmp_path):
+    from distill.export import LoadedStudent
+    from distill.students import Preprocessing
+    from distill.toydata import write_synthetic_dataset
+
+    held = write_synthetic_dataset(tmp_path / "held_out", TINY_CLASSES, per_class=6, size=32, seed=123)
+    ds = load_synthetic(held, TINY_CLASSES)
+    images = torch.stack([decode_image(r["bytes"]) for r in ds["image"]]).float() / 255
+    cfg = make_cfg(tmp_path / "run", "distill.max_steps=40", "distill.lr=0.003", "distill.checkpointing_steps=1000",
+                   "distill.mean=[0.5,0.5,0.5]", "distill.std=[0.5,0.5,0.5]", "distill.weight_decay=0")
+    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.5,) * 3, (0.5,) * 3)
+    torch.manual_seed(cfg.seed)  # the trainer's initial student
+    init, _ = create_student("tiny_cnn", 7)
+    before = _agreement_and_kl(teacher, LoadedStudent(init, TINY_CLASSES, Preprocessing(32, (0.5,) * 3, (0.5,) * 3), {}), images)
+    result = train(cfg)
+    after = _agreement_and_kl(teacher, load_student(result.student_dir), images)
+    assert after[1] < 0.5 * before[1], (before, after)
+    assert after[0] > before[0] + 0.2, (before, after)
+
+
+def _final_weights(out):
+    return load_file(str(out / "student" / "model.safetensors"))
+
+
+def _resume_matches(make_cfg, tmp_path, *extra):
+    common = ["distill.max_steps=6", "distill.checkpointing_steps=3", "distill.checkpoints_total_limit=1", *extra]
+    straight = train(make_cfg(tmp_path / "straight", *common))
+    stopped = train(make_cfg(tmp_path / "resumed", *common), stop_after_step=3)
+    assert stopped.steps == 3 and stopped.student_dir is None
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-3"]
+    resumed = train(make_cfg(tmp_path / "resumed", *common, "distill.resume_from_checkpoint=latest"))
+    assert straight.steps == resumed.steps == 6
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-6"]  # total_limit=1 pruned
+
+
+def test_resume_is_exact_device_resident(make_cfg, tmp_path):
+    _resume_matches(make_cfg, tmp_path, "distill.warmup_steps=2", "distill.gradient_accumulation_steps=2",
+                    "distill.batch_size=8")
+
+
+def test_resume_is_exact_with_dataloader(make_cfg, tmp_path):
+    _resume_matches(make_cfg, tmp_path, "distill.device_resident=never", "distill.optimizer=sgd")
+
+
+def _cli(capsys, *argv):
+    rc = dfkd_main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, syn_dataset, toy_domains):
+    from fixtures import TINY_YAML
+
+    from distill.toydata import write_synthetic_dataset
+
+    base = ["distill", "--config", str(TINY_YAML), f"output_dir={tmp_path / 'run'}", f"distill.dataset={syn_dataset}",
+            "distill.student=tiny_cnn"]
+    other = write_synthetic_dataset(tmp_path / "other", ["cat", *TINY_CLASSES[1:]], per_class=2)
+    broken = tmp_path / "broken"
+    for d in toy_domains.iterdir():
+        for c in d.iterdir():
+            if c.name != "guitar":
+                (broken / d.name / c.name).mkdir(parents=True)
+                for f in c.iterdir():
+                    (broken / d.name / c.name / f.name).write_bytes(f.read_bytes())
+    cases = {
+        "unknown student 'resnet_nope'": ["distill.student=resnet_nope"],
+        "has no attribute 'nope'": ["distill.student=user_nets:nope"],
+        "has classes that differ from the config": [f"distill.dataset={other}"],
+        "has no class 'guitar'": [f"eval.data={broken}"],
+        "no checkpoint": ["distill.resume_from_checkpoint=latest"],
+    }
+    capsys.readouterr()
+    for message, overrides in cases.items():
+        rc, err = _cli(capsys, *base, *overrides)
+        assert rc == 2 and len(err) == 1 and message in err[0], (message, err)
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "student").exists()
+    rc, err = _cli(capsys, "eval", "--config", str(TINY_YAML), f"output_dir={tmp_path / 'run'}", f"eval.data={broken}")
+    assert rc == 2 and len(err) == 1 and "has no class 'guitar'" in err[0]
