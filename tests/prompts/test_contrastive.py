@@ -1,0 +1,140 @@
+"""Contrastive-Prompt learning (method.md section 3): losses, learning, memory bank, resume, bank files."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+from prompts_helpers import CLASSES, small_contrastive
+
+from dfkd.errors import UserError
+from prompts.config import ContrastiveConfig, PromptsConfig
+from prompts.contrastive import (
+    CHECKPOINT_FILE,
+    ContrastiveLearner,
+    bank_dir,
+    class_consistency_loss,
+    info_nce,
+    learn_fingerprint,
+    learn_styles,
+    load_style_bank,
+    save_style_bank,
+)
+from prompts.diagnostics import class_consistency, diversity
+from prompts.methods import create_prompt_method
+
+
+def _unit(*shape: int, seed: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_info_nce_matches_its_definition():
+    v, pos, mem, tau = _unit(5, 8, seed=0), _unit(5, 8, seed=1), _unit(3, 8, seed=2), 0.1
+    expected = 0.0
+    for k in range(5):
+        negatives = [v[j] for j in range(5) if j != k] + list(mem)
+        denom = torch.exp(v[k] @ pos[k] / tau) + sum(torch.exp(v[k] @ x / tau) for x in negatives)
+        expected += -torch.log(torch.exp(v[k] @ pos[k] / tau) / denom) / 5
+    torch.testing.assert_close(info_nce(v, pos, mem, tau), expected)
+    # the memory bank only adds negatives: more of them can only raise the loss
+    assert info_nce(v, pos, mem, tau) > info_nce(v, pos, mem[:0], tau)
+
+
+def test_class_consistency_loss_matches_its_definition():
+    u, w, labels = _unit(4, 8, seed=3), _unit(3, 8, seed=4), torch.tensor([0, 2, 1, 2])
+    logp = torch.log_softmax(u @ w.t() / 0.01, dim=-1)
+    torch.testing.assert_close(class_consistency_loss(u, w, labels, 0.01), -logp[torch.arange(4), labels].mean())
+
+
+def _learn(encoder, cfg: PromptsConfig, seed: int = 0, checkpoint=None, on_step=None):
+    learner = ContrastiveLearner(encoder, CLASSES, cfg, seed)
+    fp = learn_fingerprint(cfg, CLASSES, seed, encoder.identity.model_id)
+    return learner, learn_styles(learner, checkpoint, fp, progress=False, on_step=on_step)
+
+
+def test_learning_beats_random_styles_in_diversity_and_class_consistency(encoders, tmp_path):
+    """On tiny CLIP with the method's default losses, temperatures and lr: the total loss decreases;
+    the learned styles are clearly more diverse than the same number of Random-Prompt styles, and
+    their prompts stay more class-consistent."""
+    enc, k = encoders["clip"], 16
+    cfg = PromptsConfig(contrastive=ContrastiveConfig(num_styles=k, steps=100, class_batch=len(CLASSES)))
+    learner, state = _learn(enc, cfg)
+    losses = [r["loss"] for r in state.losses]
+    assert len(losses) == 100 and all(torch.isfinite(torch.tensor(losses)))
+    assert statistics.mean(losses[-20:]) < 0.8 * statistics.mean(losses[:20])
+
+    fp = learn_fingerprint(cfg, CLASSES, 0, enc.identity.model_id)
+    save_style_bank(bank_dir(tmp_path), state.styles, {"encoder": enc.identity.to_dict(), "seed": 0,
+                                                       "template": cfg.template, "fingerprint": fp})
+    scores = {}
+    for name in ("contrastive", "random"):
+        cfg.method = name
+        method = create_prompt_method(cfg, classes=CLASSES, encoder=enc, seed=0, run_dir=tmp_path)
+        scores[name] = (diversity(method, k), class_consistency(method, k))
+    (div_c, cls_c), (div_r, cls_r) = scores["contrastive"], scores["random"]
+    assert div_c > 2 * div_r and div_c > div_r + 0.1, scores
+    assert cls_c > cls_r, scores
+    # the learner's own diagnostics agree with the methods' (same prompts, same features)
+    assert learner.diagnostics(state.styles)["diversity"] == pytest.approx(div_c, abs=1e-5)
+
+
+def test_learning_is_reproducible_and_seed_dependent(encoders):
+    cfg = small_contrastive(steps=4)
+    _, a = _learn(encoders["sd"], cfg, seed=0)
+    _, b = _learn(encoders["sd"], cfg, seed=0)
+    _, c = _learn(encoders["sd"], cfg, seed=1)
+    assert torch.equal(a.styles, b.styles) and a.losses == b.losses
+    assert not torch.equal(a.styles, c.styles)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_ends_where_an_uninterrupted_run_does(encoders, tmp_path):
+    """Two rounds (the second with the first's features as memory bank), interrupted mid-round."""
+    enc = encoders["clip"]
+    cfg = small_contrastive(num_styles=6, steps=5, rounds=2, style_batch=2, checkpoint_every=2)
+    _, full = _learn(enc, cfg)
+    assert [(r["round"], r["step"]) for r in full.losses] == [(r, s) for r in range(2) for s in range(5)]
+
+    checkpoint = tmp_path / CHECKPOINT_FILE
+
+    def stop(rnd, step, losses):
+        if (rnd, step) == (1, 2):  # checkpointed at (round 1, step 2); this third step of round 1 is lost
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _learn(enc, cfg, checkpoint=checkpoint, on_step=stop)
+    assert checkpoint.is_file()
+    saved = torch.load(checkpoint, weights_only=False)
+    assert (saved["round"], saved["step"]) == (1, 2)
+    _, resumed = _learn(enc, cfg, checkpoint=checkpoint)
+    assert torch.equal(resumed.styles, full.styles)
+    assert resumed.losses == full.losses
+
+
+def test_checkpoint_of_other_settings_is_refused(encoders, tmp_path):
+    enc, checkpoint = encoders["clip"], tmp_path / CHECKPOINT_FILE
+
+    def stop(rnd, step, losses):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _learn(enc, small_contrastive(checkpoint_every=1), checkpoint=checkpoint, on_step=stop)
+    with pytest.raises(UserError, match="other settings"):
+        _learn(enc, small_contrastive(lr=0.5), checkpoint=checkpoint)
+
+
+def test_bank_round_trip_and_identity(encoders, tmp_path):
+    enc = encoders["sd"]
+    vectors = torch.randn(4, 2, enc.embedding_dim)
+    meta = {"encoder": enc.identity.to_dict(), "seed": 7, "template": "a {style} style image of a {class_name}"}
+    save_style_bank(bank_dir(tmp_path), vectors, meta)
+    bank = load_style_bank(tmp_path, enc)
+    assert torch.equal(bank.vectors, vectors) and bank.identity == enc.identity
+    assert json.loads((bank_dir(tmp_path) / "meta.json").read_text())["seed"] == 7
+    with pytest.raises(UserError, match="re-learn"):
+        load_style_bank(tmp_path, encoders["clip"])
