@@ -43,6 +43,7 @@ def run_evaluation(cfg: ExperimentConfig) -> dict:
     from .evaluate import evaluate_models, write_eval
     from .export import load_student
     from .teacher import load_teacher
+    from .trainer import multi_process_cpu
 
     e = cfg.eval
     if not e.data:
@@ -50,7 +51,7 @@ def run_evaluation(cfg: ExperimentConfig) -> dict:
                         "or a Hugging Face dataset with a domain column")
     domains = read_real(e.data, cfg.classes, e.domains, e.split, e.domain_column, e.label_column, e.image_column)
     student_dir = Path(e.student) if e.student else cfg.out / "student"
-    accelerator = Accelerator(mixed_precision=cfg.distill.mixed_precision)
+    accelerator = Accelerator(mixed_precision=cfg.distill.mixed_precision, cpu=multi_process_cpu())
     student = load_student(student_dir, accelerator.device)
     if student.classes != list(cfg.classes):
         raise UserError(f"the student at '{student_dir}' was trained on classes {student.classes[:4]}..., not the "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -162,7 +163,17 @@ def make_accelerator(cfg: ExperimentConfig):
     d = cfg.distill
     project = ProjectConfiguration(project_dir=str(cfg.out), logging_dir=str(cfg.out / "logs"))
     return Accelerator(mixed_precision=d.mixed_precision, gradient_accumulation_steps=d.gradient_accumulation_steps,
-                       log_with=resolve_tracker(d.log_with, is_main_process()), project_config=project)
+                       log_with=resolve_tracker(d.log_with, is_main_process()), project_config=project,
+                       cpu=multi_process_cpu())
+
+
+def multi_process_cpu() -> bool:
+    """True for a multi-process launch on a machine without accelerators: Accelerate then needs ``cpu=True`` to
+    join the processes with gloo (else each process silently trains alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    xpu = getattr(torch, "xpu", None)
+    has_xpu = bool(xpu is not None and xpu.is_available())
+    return world > 1 and not torch.cuda.is_available() and not has_xpu
 
 
 # ----------------------------------------------------------------------------- 4. data
@@ -352,7 +363,8 @@ def train(cfg: ExperimentConfig, stop_after_step: int | None = None) -> TrainRes
             write_eval(result, cfg.out)
         unwrapped = accelerator.unwrap_model(model)
         export_student(unwrapped, student_dir, cfg, inputs.kind, inputs.pre, dataset_dir=inputs.dataset_dir,
-                       metrics=result, train_info={"steps": step, "images": len(data)})
+                       metrics=result, train_info={"steps": step, "images": len(data),
+                                                                  "processes": accelerator.num_processes})
         if d.push_to_hub:
             url = push_student(student_dir, d.hub_repo, d.hub_private)
             accelerator.print(f"dfkd distill: pushed the student to {url}")
