@@ -28,7 +28,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, syn_dataset, toy_domains)
            "distill.student=tiny_cnn", "distill.max_steps=3", "distill.batch_size=8", "distill.checkpointing_steps=2",
            f"eval.data={toy_domains}"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, [line for line in proc.stderr.splitlines() if "error" in line.lower()][:5]
     config = json.loads((tmp_path / "student" / "config.json").read_text())
     assert config["dfkd"]["processes"] == 2 and config["dfkd"]["steps"] == 3
