@@ -1,0 +1,168 @@
+"""Both generator backends on the tiny models: shapes, ranges, determinism, batch independence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from synth_helpers import CLIP_GUIDED, fast_config
+
+from dfkd.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def teacher(_tiny_cache):
+    from prompts.teacher import ClipTeacher
+
+    t = ClipTeacher.load("tiny:clip")
+    t.set_classes(["dog", "guitar", "house"], "short_7")
+    return t
+
+
+def _load(cfg, teacher):
+    from synth.backends import get_backend
+
+    return get_backend(cfg.synth.backend).load(cfg, teacher=teacher, device=torch.device("cpu"))
+
+
+def _records(cfg, backend, keys):
+    from prompts.methods import create_prompt_method
+
+    method = create_prompt_method(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=cfg.seed,
+                                  run_dir=cfg.out)
+    records = [method.record(label, index) for label, index in keys]
+    return records, method.encode(records)
+
+
+KEYS = [(0, 0), (1, 0), (2, 0), (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def diffusion(tmp_path_factory, teacher):
+    cfg = fast_config(tmp_path_factory.mktemp("diff"))
+    return cfg, _load(cfg, teacher)
+
+
+@pytest.mark.parametrize("method", ["plain", "handcrafted", "mix", "random"])
+def test_diffusion_every_method_gives_images_in_range(diffusion, method):
+    cfg, backend = diffusion
+    cfg.prompts.method = method
+    records, enc = _records(cfg, backend, KEYS)
+    images = backend.generate(records, enc)
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1 and images.std() > 0
+
+
+def test_diffusion_contrastive_after_learning(tmp_path, teacher):
+    from prompts.cli import learn
+
+    cfg = fast_config(tmp_path, "prompts.method=contrastive", "prompts.contrastive.steps=2",
+                      "prompts.contrastive.num_styles=4", "prompts.contrastive.class_batch=3")
+    assert learn(cfg, None) == 0
+    backend = _load(cfg, teacher)
+    records, enc = _records(cfg, backend, KEYS)
+    assert {r.style_id for r in records} <= set(range(4))
+    assert backend.generate(records, enc).shape == (4, 3, 32, 32)
+
+
+def test_diffusion_fixed_seed_is_bit_exact_and_batch_independent(diffusion):
+    cfg, backend = diffusion
+    cfg.prompts.method = "mix"
+    records, enc = _records(cfg, backend, KEYS)
+    a, b = backend.generate(records, enc), backend.generate(records, enc)
+    assert torch.equal(a, b)  # same prompts and seeds: bit for bit on CPU
+    one, enc1 = _records(cfg, backend, [KEYS[2]])
+    alone = backend.generate(one, enc1)
+    # alone vs inside a batch: same noise (per-image generator), equal up to float rounding of batched kernels
+    assert (alone[0] - a[2]).abs().max() < 1e-4
+    assert ((alone[0] * 255).round() - (a[2] * 255).round()).abs().max() <= 1
+
+
+def test_diffusion_guidance_uses_negative_embeddings(tmp_path, teacher):
+    cfg = fast_config(tmp_path, "synth.guidance_scale=3.0", "synth.negative_prompt=blurry",
+                      "synth.scheduler=EulerAncestralDiscreteScheduler")
+    backend = _load(cfg, teacher)
+    assert backend.negative_embeds.shape == (1, 77, 32)
+    assert type(backend.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    records, enc = _records(cfg, backend, KEYS[:2])
+    a = backend.generate(records, enc)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, backend.generate(records, enc))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("synth.resolution=36", "multiple of 8"),
+    ("synth.scheduler=NoSuchScheduler", "unknown synth.scheduler"),
+    ("synth.model=tiny:vqgan", "cannot load diffusion pipeline"),
+])
+def test_diffusion_refuses_bad_settings(tmp_path, teacher, override, message):
+    with pytest.raises(UserError, match=message):
+        _load(fast_config(tmp_path, override), teacher)
+
+
+def test_xformers_missing_names_the_extra(tmp_path, teacher):
+    import importlib.util
+
+    if importlib.util.find_spec("xformers") is not None:
+        pytest.skip("xformers is installed")
+    with pytest.raises(ImportError, match=r"dfkd\[gpu\]"):
+        _load(fast_config(tmp_path, "synth.attention=xformers"), teacher)
+
+
+def test_unknown_backend_lists_valid_ones():
+    from synth.backends import get_backend
+
+    with pytest.raises(UserError, match="clip_guided, diffusion"):
+        get_backend("gan")
+
+
+@pytest.mark.parametrize("param, model", [("decoder", "tiny:vqgan"), ("decoder", "tiny:vae"), ("pixels", "tiny:vqgan"),
+                                          ("fourier", "tiny:vqgan")])
+def test_clip_guided_parameterizations(tmp_path, teacher, param, model):
+    cfg = fast_config(tmp_path, *CLIP_GUIDED, f"synth.model={model}", f"synth.clip_guided.parameterization={param}")
+    backend = _load(cfg, teacher)
+    records, enc = _records(cfg, backend, KEYS[:3])
+    a = backend.generate(records, enc)
+    assert a.shape == (3, 3, 32, 32) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, backend.generate(records, enc))
+    one, enc1 = _records(cfg, backend, [KEYS[1]])
+    assert (backend.generate(one, enc1)[0] - a[1]).abs().max() < 1e-3  # its own seed, not its batch mates
+
+
+def test_clip_guided_lowers_the_spherical_distance(tmp_path, teacher):
+    from synth.backends.clip_guided import spherical_distance
+
+    cfg = fast_config(tmp_path, *CLIP_GUIDED, "synth.clip_guided.parameterization=pixels",
+                      "synth.clip_guided.iterations=25", "synth.clip_guided.augmentations=[]")
+    backend = _load(cfg, teacher)
+    records, enc = _records(cfg, backend, KEYS[:2])
+    start = backend.param.render(backend.param.init([torch.Generator().manual_seed(r.seed) for r in records]))
+    end = backend.generate(records, enc)
+    d = [spherical_distance(teacher.image_features(x), enc.features).mean() for x in (start, end)]
+    assert d[1] < d[0]
+
+
+def test_clip_guided_resolution_the_decoder_cannot_make(tmp_path, teacher):
+    with pytest.raises(UserError, match="multiple of 2"):
+        _load(fast_config(tmp_path, *CLIP_GUIDED, "synth.resolution=33"), teacher)
+
+
+def test_spherical_distance_invariants():
+    from synth.backends.clip_guided import spherical_distance
+
+    a = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    assert torch.allclose(spherical_distance(a, a), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(spherical_distance(a, -a), torch.full((5,), torch.pi ** 2 / 2), atol=1e-2)  # arcsin is steep at 1
+    b = torch.nn.functional.normalize(a + 0.1 * torch.randn(5, 8), dim=-1)
+    assert (spherical_distance(a, b) < spherical_distance(a, -b)).all()
+
+
+def test_cutouts_shape_and_per_image_randomness():
+    from synth.backends.cutouts import make_cutouts
+
+    images = torch.rand(3, 3, 40, 40)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    out = make_cutouts(images, gens([1, 2, 3]), cutouts=5, size=16)
+    assert out.shape == (15, 3, 16, 16)
+    alone = make_cutouts(images[1:2], gens([2]), cutouts=5, size=16)
+    assert torch.allclose(out[5:10], alone, atol=1e-6)
+    with pytest.raises(UserError, match="valid"):
+        make_cutouts(images, gens([1, 2, 3]), cutouts=2, size=8, augmentations=["blur"])
