@@ -85,11 +85,13 @@ def load_synthetic(path: str | Path, classes: Sequence[str]):
     if not (path / DATA_DIR).is_dir():
         raise UserError(f"no synthetic dataset at '{path}' (no {DATA_DIR}/ folder); run `dfkd synth` with this config "
                         "first or point distill.dataset at one")
-    was_disabled = datasets.utils.are_progress_bars_disabled()
+    was_disabled, verbosity = datasets.utils.are_progress_bars_disabled(), datasets.logging.get_verbosity()
     datasets.disable_progress_bars()  # our own progress bar is the one that matters
+    datasets.logging.set_verbosity_error()
     try:
         ds = datasets.load_dataset(str(path), split="train")
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if not was_disabled:
             datasets.enable_progress_bars()
     check_columns(ds.column_names, str(path))

@@ -116,26 +116,44 @@ def find_resume_dir(cfg: ExperimentConfig) -> Path | None:
     return path
 
 
-def check_inputs(cfg: ExperimentConfig, main_first) -> Inputs:
-    """Step 1: every user-fixable error is raised here, before the teacher loads or training starts."""
+def check_student(cfg: ExperimentConfig) -> tuple[torch.nn.Module, str, Preprocessing]:
+    """Build the student (seeded) and check it maps ``(2, 3, S, S)`` to ``(2, C)``."""
     d = cfg.distill
     torch.manual_seed(cfg.seed)
     student, kind = create_student(d.student, len(cfg.classes), d.student_kwargs, d.pretrained)
     pre = student_preprocessing(student, d.input_size, d.mean, d.std)
     check_student_output(student, d.student, len(cfg.classes), pre.input_size)
-    dataset_dir = Path(d.dataset) if d.dataset else cfg.out / "dataset"
-    with main_first():
-        ds = load_synthetic(dataset_dir, cfg.classes)
-    resume_dir = find_resume_dir(cfg)
+    return student, kind, pre
+
+
+def read_real_inputs(cfg: ExperimentConfig) -> tuple[RealImages | None, list[RealImages] | None]:
+    """The few-shot domain and the evaluation domains (class folders checked against the config)."""
+    d, e = cfg.distill, cfg.eval
     few = None
     if d.few_shot.shots > 0:
         domains = [d.few_shot.domain] if d.few_shot.domain else None
-        few = read_real(d.few_shot.data, cfg.classes, domains, cfg.eval.split, cfg.eval.domain_column,
-                        cfg.eval.label_column, cfg.eval.image_column)[0]
-    eval_domains = None
-    if cfg.eval.data:
-        e = cfg.eval
-        eval_domains = read_real(e.data, cfg.classes, e.domains, e.split, e.domain_column, e.label_column, e.image_column)
+        few = read_real(d.few_shot.data, cfg.classes, domains, e.split, e.domain_column, e.label_column,
+                        e.image_column)[0]
+    evals = read_real(e.data, cfg.classes, e.domains, e.split, e.domain_column, e.label_column,
+                      e.image_column) if e.data else None
+    return few, evals
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """What `dfkd run` checks before its first stage: the student, the resume option and the real data."""
+    check_student(cfg)
+    find_resume_dir(cfg)
+    read_real_inputs(cfg)
+
+
+def check_inputs(cfg: ExperimentConfig, main_first) -> Inputs:
+    """Step 1: every user-fixable error is raised here, before the teacher loads or training starts."""
+    student, kind, pre = check_student(cfg)
+    dataset_dir = Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / "dataset"
+    with main_first():
+        ds = load_synthetic(dataset_dir, cfg.classes)
+    resume_dir = find_resume_dir(cfg)
+    few, eval_domains = read_real_inputs(cfg)
     return Inputs(student, kind, pre, ds, dataset_dir, resume_dir, few, eval_domains)
 
 
@@ -359,12 +377,12 @@ def train(cfg: ExperimentConfig, stop_after_step: int | None = None) -> TrainRes
                           "(set eval.data=ROOT of a DomainBed folder to evaluate)")
     student_dir = cfg.out / "student"
     if accelerator.is_main_process:
-        if result is not None:
-            write_eval(result, cfg.out)
         unwrapped = accelerator.unwrap_model(model)
         export_student(unwrapped, student_dir, cfg, inputs.kind, inputs.pre, dataset_dir=inputs.dataset_dir,
                        metrics=result, train_info={"steps": step, "images": len(data),
                                                                   "processes": accelerator.num_processes})
+        if result is not None:  # after the export: eval.json is newer than the student it scored
+            write_eval(result, cfg.out, {"data": cfg.eval.data, "student": str(student_dir), "teacher": cfg.teacher.model})
         if d.push_to_hub:
             url = push_student(student_dir, d.hub_repo, d.hub_private)
             accelerator.print(f"dfkd distill: pushed the student to {url}")
