@@ -64,6 +64,8 @@ def learn(cfg: ExperimentConfig, args) -> int:
     folder = bank_dir(cfg.out)
     fingerprint = learn_fingerprint(cfg.prompts, cfg.classes, cfg.seed, model_id)
     write_resolved_config(cfg)
+    if cfg.prompts.method != "contrastive":
+        print(f"note: prompts.method is '{cfg.prompts.method}'; learned styles are used with prompts.method=contrastive")
     if _finished(folder, fingerprint):
         print(f"Contrastive-Prompt styles already learned in {folder}; skipping (delete it to re-learn)")
         return 0
