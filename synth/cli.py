@@ -10,6 +10,9 @@ def main(cfg, args) -> int:
 
     write_resolved_config(cfg)
     result = synthesize(cfg)
+    if result.num_processes > 1:
+        print(f"process {result.process_index}/{result.num_processes}: wrote {result.written_shards} of "
+              f"{result.planned_shards} shards ({result.generated} images)", flush=True)
     if is_main_process():
         d = result.diagnostics
         print(f"dataset: {result.dataset_dir} ({d.get('rows', 0)} rows, teacher agreement "

@@ -31,6 +31,9 @@ class SynthResult:
     generated: int  #: images made by this process in this run (filter retries included)
     seconds: float
     diagnostics: dict = field(default_factory=dict)
+    process_index: int = 0
+    num_processes: int = 1
+    generation_seconds: float = 0.0  #: steps 4-5 only: prompts, generator, teacher, encoding, writing
 
     @property
     def images_per_second(self) -> float:
@@ -43,10 +46,8 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     Safe to re-run: finished shards are kept, missing ones are regenerated with the same images as an
     uninterrupted run. Raises :class:`~dfkd.errors.UserError` before any image for bad input.
     """
-    from accelerate import PartialState
-
-    state = state or PartialState()
     s = cfg.synth
+    state = state or process_state(s.device)
     dataset_dir = cfg.out / DATASET_DIR
     start = time.perf_counter()
 
@@ -72,7 +73,9 @@ def synthesize(cfg, *, state=None) -> SynthResult:
         mine = list(mine)
 
     # 5. generate, score and write shard by shard; encoding and I/O overlap generation
+    gen_start = time.perf_counter()
     generated = generate_shards(cfg, mine, backend, method, teacher, dataset_dir, show=state.is_main_process)
+    gen_seconds = time.perf_counter() - gen_start
     state.wait_for_everyone()
 
     # 6. diagnostics and the dataset card, once every process is done
@@ -84,7 +87,8 @@ def synthesize(cfg, *, state=None) -> SynthResult:
         diagnostics = compute_diagnostics(dataset_dir, cfg, teacher)
         write_card(dataset_dir, cfg, backend.generator_id, diagnostics)
     state.wait_for_everyone()
-    result = SynthResult(dataset_dir, len(specs), len(mine), generated, time.perf_counter() - start, diagnostics)
+    result = SynthResult(dataset_dir, len(specs), len(mine), generated, time.perf_counter() - start, diagnostics,
+                         state.process_index, state.num_processes, gen_seconds)
 
     # 7. publish (main process only)
     if s.push_to_hub and state.is_main_process:
@@ -104,6 +108,17 @@ def prepare_output(dataset_dir: Path, cfg, specs: Sequence[ShardSpec], *, main: 
         shutil.rmtree(dataset_dir, ignore_errors=True)
         check_or_write_state(dataset_dir, cfg, False, write=True)
     remove_stale(dataset_dir / schema.DATA_DIR, specs)
+
+
+def process_state(device: str):
+    """Accelerate's ``PartialState`` (one process when not launched). Without CUDA, a multi-process
+    launch must ask for CPU explicitly, or every process would believe it is alone (and do all the work)."""
+    import os
+
+    from accelerate import PartialState
+
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=device == "cpu" or (multi and not torch.cuda.is_available()))
 
 
 def resolve_device(name: str, state) -> torch.device:
