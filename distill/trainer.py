@@ -292,102 +292,149 @@ def train_step(model, teacher, batch, cfg: ExperimentConfig, size: int, pre_tens
     return loss.detach(), parts
 
 
-def train(cfg: ExperimentConfig, stop_after_step: int | None = None) -> TrainResult:
-    """Distil the teacher into the student (see the module docstring). ``stop_after_step`` stops early
-    right after that step, as if the job had been killed there (used to test resuming)."""
-    from tqdm.auto import tqdm
+@dataclass
+class Run:
+    """Everything the loop needs, built by :func:`setup`."""
 
-    from .evaluate import evaluate_models, write_eval
-    from .export import export_student, push_student
+    cfg: ExperimentConfig
+    accelerator: Any
+    inputs: Inputs
+    teacher: Any
+    data: TrainData
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    total_steps: int
+    start_step: int
+    pixel_stats: tuple[torch.Tensor, torch.Tensor]  #: student mean, std as (1, 3, 1, 1) on the device
+
+
+def setup(cfg: ExperimentConfig) -> Run:
+    """Steps 1-6: inputs, accelerator, teacher, data, model/optimiser/schedule, resume."""
     from .teacher import load_teacher
 
     d = cfg.distill
-    # 1-2. inputs and accelerator
     accelerator = make_accelerator(cfg)
     inputs = check_inputs(cfg, accelerator.main_process_first)
-    # 3. teacher
     teacher = load_teacher(cfg.teacher.model, cfg.classes, cfg.teacher.templates, inputs.pre.mean, inputs.pre.std,
                            accelerator.device, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
-    # 4. data
     data = build_train_data(cfg, inputs, accelerator)
     steps = total_steps(cfg, data.plan.batches_per_epoch)
-    # 5. model, optimiser, schedule
     model = DistillStudent(inputs.student, len(cfg.classes), teacher.feature_dim if d.loss.emb > 0 else None)
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimiser step
-    # 6. resume
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimiser step
     start = load_checkpoint(accelerator, inputs.resume_dir) if inputs.resume_dir else 0
     if accelerator.is_main_process:
         accelerator.init_trackers("dfkd-distill", config=_flat_config(cfg))
-    pre_tensors = tuple(torch.tensor(v, device=accelerator.device).view(1, 3, 1, 1) for v in (inputs.pre.mean, inputs.pre.std))
-    # 7. train
-    ga = d.gradient_accumulation_steps
-    per_step = d.batch_size * ga * accelerator.num_processes
-    stop = min(steps, stop_after_step) if stop_after_step else steps
-    bar = tqdm(total=steps, initial=start, desc="distill", disable=not accelerator.is_local_main_process,
+    stats = tuple(torch.tensor(v, device=accelerator.device).view(1, 3, 1, 1) for v in (inputs.pre.mean, inputs.pre.std))
+    return Run(cfg, accelerator, inputs, teacher, data, model, optimizer, scheduler, steps, start, stats)
+
+
+class Throughput:
+    """Images/s over the steps after the first ``warmup`` ones (start-up and first-call costs excluded)."""
+
+    def __init__(self, images_per_step: int, warmup: int = 2):
+        self.images_per_step, self.warmup = images_per_step, warmup
+        self.t0: float | None = None
+        self.steps = 0
+
+    def update(self, steps_done: int) -> float:
+        if steps_done == self.warmup:
+            self.t0 = time.perf_counter()
+        elif steps_done > self.warmup and self.t0 is not None:
+            self.steps = steps_done - self.warmup
+        return self.rate
+
+    @property
+    def rate(self) -> float:
+        if self.t0 is None or self.steps == 0:
+            return 0.0
+        return self.images_per_step * self.steps / (time.perf_counter() - self.t0)
+
+
+def loop(run: Run, stop: int) -> tuple[int, float, float, list[dict[str, float]]]:
+    """Step 7: optimiser steps ``start_step + 1 .. stop``; returns (step, images/s, last loss, history)."""
+    from tqdm.auto import tqdm
+
+    cfg, acc, d = run.cfg, run.accelerator, run.cfg.distill
+    ga, step, history, last_loss = d.gradient_accumulation_steps, run.start_step, [], float("nan")
+    speed = Throughput(d.batch_size * ga * acc.num_processes, warmup=min(2, max(0, stop - step - 1)))
+    bar = tqdm(total=run.total_steps, initial=step, desc="distill", disable=not acc.is_local_main_process,
                dynamic_ncols=True)
-    model.train()
-    step, history, last_loss, t_warm, warm_step = start, [], float("nan"), None, None
-    for micro, batch in enumerate(data.batches(start * ga, stop * ga), start=start * ga):
-        gen = step_generator(cfg.seed, accelerator.process_index, micro)
-        with accelerator.accumulate(model):
-            loss, parts = train_step(model, teacher, batch, cfg, inputs.pre.input_size, pre_tensors, gen,
-                                     accelerator)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if not accelerator.sync_gradients:
+    run.model.train()
+    for micro, batch in enumerate(run.data.batches(step * ga, stop * ga), start=step * ga):
+        gen = step_generator(cfg.seed, acc.process_index, micro)
+        with acc.accumulate(run.model):
+            loss, parts = train_step(run.model, run.teacher, batch, cfg, run.inputs.pre.input_size, run.pixel_stats,
+                                     gen, acc)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        if not acc.sync_gradients:
             continue
-        scheduler.step()
+        run.scheduler.step()
         step += 1
-        if step - start == min(2, stop - start - 1) and t_warm is None:
-            t_warm, warm_step = time.perf_counter(), step  # throughput excludes the first steps (warm-up)
-        if step % max(1, d.log_every) == 0 or step == stop:
+        rate = speed.update(step - run.start_step)
+        if step % d.log_every == 0 or step == stop:  # reading the loss syncs the device: not every step
             last_loss = float(loss)
-            rate = per_step * (step - warm_step) / (time.perf_counter() - t_warm) if t_warm and step > warm_step else 0.0
             logs = {"loss": last_loss, **{f"loss_{k}": float(v) for k, v in parts.items()},
-                    "lr": scheduler.get_last_lr()[0], "images_per_s": rate}
+                    "lr": run.scheduler.get_last_lr()[0], "images_per_s": rate}
             history.append({"step": step, **logs})
-            accelerator.log(logs, step=step)
+            acc.log(logs, step=step)
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
         bar.update(1)
         if step % d.checkpointing_steps == 0:
-            save_checkpoint(accelerator, cfg, step)
-        if d.eval_every and inputs.eval_domains and step % d.eval_every == 0 and step < steps:
-            res = evaluate_models(teacher, model, inputs.pre, inputs.eval_domains, cfg.eval, accelerator, with_teacher=False)
-            accelerator.log({f"eval/student/{k}": v for k, v in res["student_flat"].items()}, step=step)
-            model.train()
+            save_checkpoint(acc, cfg, step)
+        if d.eval_every and run.inputs.eval_domains and step % d.eval_every == 0 and step < run.total_steps:
+            _log_eval(run, step, with_teacher=False)
     bar.close()
-    rate = per_step * (step - warm_step) / (time.perf_counter() - t_warm) if t_warm and step > warm_step else 0.0
-    if step < steps:  # stopped early: leave the run resumable, export nothing
-        accelerator.end_training()
-        return TrainResult(step, rate, last_loss, None, None, history)
-    # 8. final checkpoint, export and evaluation
-    if step % d.checkpointing_steps != 0 and step > start:
-        save_checkpoint(accelerator, cfg, step)
-    model.eval()
-    result = None
-    if inputs.eval_domains:
-        result = evaluate_models(teacher, model, inputs.pre, inputs.eval_domains, cfg.eval, accelerator)
-        accelerator.log({f"eval/{who}/{k}": v for who in ("teacher", "student") for k, v in result[f"{who}_flat"].items()},
-                        step=step)
-    else:
-        accelerator.print("dfkd distill: eval.data is not set, skipping evaluation on real data "
-                          "(set eval.data=ROOT of a DomainBed folder to evaluate)")
+    return step, speed.rate, last_loss, history
+
+
+def _log_eval(run: Run, step: int, with_teacher: bool = True) -> dict[str, Any]:
+    from .evaluate import evaluate_models
+
+    result = evaluate_models(run.teacher, run.model, run.inputs.pre, run.inputs.eval_domains, run.cfg.eval,
+                             run.accelerator, with_teacher=with_teacher)
+    who = ("teacher", "student") if with_teacher else ("student",)
+    run.accelerator.log({f"eval/{w}/{k}": v for w in who for k, v in result[f"{w}_flat"].items()}, step=step)
+    return result
+
+
+def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
+    """Step 8: final checkpoint, evaluation on real data, export (and Hub upload) of the student."""
+    from .evaluate import write_eval
+    from .export import export_student, push_student
+
+    cfg, acc, d = run.cfg, run.accelerator, run.cfg.distill
+    if step % d.checkpointing_steps != 0 and step > run.start_step:
+        save_checkpoint(acc, cfg, step)
+    result = _log_eval(run, step) if run.inputs.eval_domains else None
+    if result is None:
+        acc.print("dfkd distill: eval.data is not set, skipping evaluation on real data "
+                  "(set eval.data=ROOT of a DomainBed folder to evaluate)")
     student_dir = cfg.out / "student"
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        export_student(unwrapped, student_dir, cfg, inputs.kind, inputs.pre, dataset_dir=inputs.dataset_dir,
-                       metrics=result, train_info={"steps": step, "images": len(data),
-                                                                  "processes": accelerator.num_processes})
+    if acc.is_main_process:
+        info = {"steps": step, "images": len(run.data), "processes": acc.num_processes}
+        export_student(acc.unwrap_model(run.model), student_dir, cfg, run.inputs.kind, run.inputs.pre,
+                       dataset_dir=run.inputs.dataset_dir, metrics=result, train_info=info)
         if result is not None:  # after the export: eval.json is newer than the student it scored
             write_eval(result, cfg.out, {"data": cfg.eval.data, "student": str(student_dir), "teacher": cfg.teacher.model})
         if d.push_to_hub:
-            url = push_student(student_dir, d.hub_repo, d.hub_private)
-            accelerator.print(f"dfkd distill: pushed the student to {url}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+            acc.print(f"dfkd distill: pushed the student to {push_student(student_dir, d.hub_repo, d.hub_private)}")
+    acc.wait_for_everyone()
+    return student_dir, result
+
+
+def train(cfg: ExperimentConfig, stop_after_step: int | None = None) -> TrainResult:
+    """Distil the teacher into the student (see the module docstring). ``stop_after_step`` stops right after
+    that step, as if the job had been killed there, leaving a resumable run (used to test resuming)."""
+    run = setup(cfg)
+    stop = min(run.total_steps, stop_after_step) if stop_after_step else run.total_steps
+    step, rate, last_loss, history = loop(run, stop)
+    student_dir, result = finish(run, step) if step >= run.total_steps else (None, None)
+    run.accelerator.end_training()
     return TrainResult(step, rate, last_loss, student_dir, result, history)
 
 
