@@ -12,8 +12,8 @@ of a ``CLIPModel`` (the teacher), a ``CLIPTextModel`` (SD 1.x / 2.x / Turbo) or 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ class StyleVectors:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
-    def __getitem__(self, idx) -> "StyleVectors":
+    def __getitem__(self, idx) -> StyleVectors:
         v = self.vectors[idx]
         return StyleVectors(v.unsqueeze(0) if v.dim() == 2 else v, self.encoder)
 
@@ -104,7 +104,7 @@ class StyleTextEncoder:
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, model_id: str, *, kind: str = "auto", device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> "StyleTextEncoder":
+             dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> StyleTextEncoder:
         """Load the text encoder of a CLIP model (``kind="clip"``) or of a diffusers pipeline
         (``kind="pipeline"``: its ``text_encoder/`` and ``tokenizer/``); ``"auto"`` looks for ``model_index.json``."""
         from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
@@ -200,7 +200,7 @@ class StyleTextEncoder:
             pooled = self.projection(pooled)
         return TextEncoding(out.last_hidden_state, nn.functional.normalize(pooled.float(), dim=-1))
 
-    def check_styles(self, styles: "StyleVectors | torch.Tensor") -> torch.Tensor:
+    def check_styles(self, styles: StyleVectors | torch.Tensor) -> torch.Tensor:
         """The raw ``(B, n, d)`` tensor of ``styles``, refusing vectors of another encoder."""
         if isinstance(styles, StyleVectors):
             if styles.encoder != self.identity:
@@ -217,7 +217,7 @@ class StyleTextEncoder:
         return styles
 
     def encode(self, templates: str | Sequence[str], class_names: Sequence[str | None] | None = None,
-               styles: "StyleVectors | torch.Tensor | Sequence[str] | None" = None) -> TextEncoding:
+               styles: StyleVectors | torch.Tensor | Sequence[str] | None = None) -> TextEncoding:
         """Encode ``B`` prompts.
 
         Args:

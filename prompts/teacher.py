@@ -6,7 +6,7 @@ size and normalises with CLIP's mean/std itself, so callers never need to know C
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ class ClipTeacher(nn.Module):
 
     @classmethod
     def load(cls, model_id: str, *, device: str | torch.device = "cpu", dtype: str = "fp32",
-             trust_remote_code: bool = False) -> "ClipTeacher":
+             trust_remote_code: bool = False) -> ClipTeacher:
         """Load ``model_id`` (Hub id, local folder, ``tiny:clip``) with ``from_pretrained``."""
         from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
