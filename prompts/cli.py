@@ -132,7 +132,8 @@ def _print_report(report: dict) -> None:
     for name, samples in report["samples"].items():
         print(f"{name}:")
         for s in samples:
-            print(f"  {s['text']}    {s['style']}")
+            near = f"   ~ {', '.join(s['nearest_words'])}" if "nearest_words" in s else ""
+            print(f"  {s['text']}    {s['style']}{near}")
     k = report["num_styles"]
     print(f"diversity: {report['diversity']:.4f}   (mean pairwise cosine distance of {k} style-only features)")
     print(f"class consistency: {report['class_consistency']:.4f}   (zero-shot accuracy of {k} styled prompts "

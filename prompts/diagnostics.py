@@ -73,6 +73,18 @@ def class_consistency(method: PromptMethod, per_class: int) -> float:
     return float((pred == torch.tensor([r.label for r in records])).float().mean())
 
 
+def nearest_words(method: PromptMethod, records: Sequence[PromptRecord], top: int = 3) -> list[list[str]]:
+    """For each record, the ``top`` style-dictionary words whose style-only features are closest
+    (cosine) to the record's: a reading aid for vector styles."""
+    from .styles import load_style_dictionary
+
+    words = load_style_dictionary(method.cfg.style_dictionary)
+    t = method.cfg.contrastive.style_template
+    vocab = text_features(method.encoder, [t.replace(STYLE_SLOT, w) for w in words]).cpu()
+    sims = style_only_features(method, records) @ vocab.t()
+    return [[words[j] for j in row] for row in sims.topk(min(top, len(words)), dim=-1).indices.tolist()]
+
+
 def describe(method: PromptMethod, samples: int) -> dict:
     """Sample prompts per class, diversity and class consistency of ``method`` (JSON-ready)."""
     k = method.cfg.contrastive.num_styles
@@ -84,10 +96,14 @@ def describe(method: PromptMethod, samples: int) -> dict:
         "diversity": diversity(method, k),
         "class_consistency": class_consistency(method, k),
         "chance": 1.0 / len(method.classes),
-        "samples": {name: [_sample(method.record(c, i)) for i in range(samples)]
+        "samples": {name: _samples(method, [method.record(c, i) for i in range(samples)])
                     for c, name in enumerate(method.classes)},
     }
 
 
-def _sample(r: PromptRecord) -> dict:
-    return {"text": r.text, "style": r.style_json(), "seed": r.seed}
+def _samples(method: PromptMethod, records: list[PromptRecord]) -> list[dict]:
+    out = [{"text": r.text, "style": r.style_json(), "seed": r.seed} for r in records]
+    vec = [i for i, r in enumerate(records) if r.style_vector is not None]
+    for i, near in zip(vec, nearest_words(method, [records[i] for i in vec]) if vec else []):
+        out[i]["nearest_words"] = near
+    return out

@@ -35,6 +35,9 @@ def test_learn_then_show_contrastive(tmp_path, capsys):
     assert 0 < report["diversity"] <= 2 and 0 <= report["class_consistency"] <= 1
     # the show report measures the same styles the learner measured at the end
     assert abs(report["diversity"] - meta["diagnostics"]["learned"]["diversity"]) < 1e-4
+    words = set(meta["dictionary"]["words"])
+    assert all(len(s["nearest_words"]) == 3 and set(s["nearest_words"]) <= words
+               for samples in report["samples"].values() for s in samples)
     assert "a <style:contrastive-" in printed and "diversity" in printed and "class consistency" in printed
 
 
@@ -46,6 +49,7 @@ def test_show_other_methods_without_learning(tmp_path, capsys):
         assert report["method"] == method
     plain = json.loads((out / "prompts" / "show-plain.json").read_text())
     assert plain["diversity"] < 1e-5  # one implicit style
+    assert all("nearest_words" not in s for samples in plain["samples"].values() for s in samples)
 
 
 def test_unknown_method_exits_2_before_loading_any_model(tmp_path, capsys):

@@ -89,6 +89,21 @@ def test_learning_is_reproducible_and_seed_dependent(encoders):
     assert not torch.equal(a.styles, c.styles)
 
 
+def test_multi_token_styles_are_learned_and_used(encoders, tmp_path):
+    enc = encoders["clip"]
+    cfg = small_contrastive(steps=3)
+    cfg.num_style_tokens = 3
+    _, state = _learn(enc, cfg)
+    assert state.styles.shape == (8, 3, enc.embedding_dim) and torch.isfinite(state.styles).all()
+    save_style_bank(bank_dir(tmp_path), state.styles, {"encoder": enc.identity.to_dict(), "seed": 0,
+                                                       "template": cfg.template})
+    cfg.method = "contrastive"
+    method = create_prompt_method(cfg, classes=CLASSES, encoder=enc, seed=0, run_dir=tmp_path)
+    record = method.record(0, 0)
+    assert record.style_vector.shape == (3, enc.embedding_dim)
+    assert method.encode([record]).features.shape[0] == 1
+
+
 class Interrupt(Exception):
     pass
 
