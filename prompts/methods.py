@@ -114,6 +114,8 @@ class PromptMethod:
         Vector styles go through the placeholder path, text styles through the tokenizer; a batch
         may mix both.
         """
+        if not records:
+            raise ValueError("encode() needs at least one record")
         vec = [i for i, r in enumerate(records) if r.style_vector is not None]
         txt = [i for i, r in enumerate(records) if r.style_vector is None]
         parts: list[tuple[list[int], TextEncoding]] = []
