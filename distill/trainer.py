@@ -65,6 +65,7 @@ class TrainResult:
     student_dir: Path | None
     eval: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  #: duration of each timed step (after warm-up)
 
 
 # ----------------------------------------------------------------------------- 1. inputs
@@ -333,29 +334,35 @@ def setup(cfg: ExperimentConfig) -> Run:
 
 
 class Throughput:
-    """Images/s over the steps after the first ``warmup`` ones (start-up and first-call costs excluded)."""
+    """Images/s over the steps after the first ``warmup`` ones (start-up and first-call costs excluded).
+
+    Also keeps every step's duration, so a benchmark on a shared, noisy machine can use the median.
+    """
 
     def __init__(self, images_per_step: int, warmup: int = 2):
         self.images_per_step, self.warmup = images_per_step, warmup
         self.t0: float | None = None
-        self.steps = 0
+        self.last: float | None = None
+        self.step_seconds: list[float] = []
 
     def update(self, steps_done: int) -> float:
+        now = time.perf_counter()
         if steps_done == self.warmup:
-            self.t0 = time.perf_counter()
-        elif steps_done > self.warmup and self.t0 is not None:
-            self.steps = steps_done - self.warmup
+            self.t0 = now
+        elif steps_done > self.warmup and self.last is not None:
+            self.step_seconds.append(now - self.last)
+        self.last = now
         return self.rate
 
     @property
     def rate(self) -> float:
-        if self.t0 is None or self.steps == 0:
+        if self.t0 is None or not self.step_seconds:
             return 0.0
-        return self.images_per_step * self.steps / (time.perf_counter() - self.t0)
+        return self.images_per_step * len(self.step_seconds) / (self.last - self.t0)
 
 
-def loop(run: Run, stop: int) -> tuple[int, float, float, list[dict[str, float]]]:
-    """Step 7: optimiser steps ``start_step + 1 .. stop``; returns (step, images/s, last loss, history)."""
+def loop(run: Run, stop: int) -> tuple[int, Throughput, float, list[dict[str, float]]]:
+    """Step 7: optimiser steps ``start_step + 1 .. stop``; returns (step, throughput, last loss, history)."""
     from tqdm.auto import tqdm
 
     cfg, acc, d = run.cfg, run.accelerator, run.cfg.distill
@@ -389,7 +396,7 @@ def loop(run: Run, stop: int) -> tuple[int, float, float, list[dict[str, float]]
         if d.eval_every and run.inputs.eval_domains and step % d.eval_every == 0 and step < run.total_steps:
             _log_eval(run, step, with_teacher=False)
     bar.close()
-    return step, speed.rate, last_loss, history
+    return step, speed, last_loss, history
 
 
 def _log_eval(run: Run, step: int, with_teacher: bool = True) -> dict[str, Any]:
@@ -432,10 +439,10 @@ def train(cfg: ExperimentConfig, stop_after_step: int | None = None) -> TrainRes
     that step, as if the job had been killed there, leaving a resumable run (used to test resuming)."""
     run = setup(cfg)
     stop = min(run.total_steps, stop_after_step) if stop_after_step else run.total_steps
-    step, rate, last_loss, history = loop(run, stop)
+    step, speed, last_loss, history = loop(run, stop)
     student_dir, result = finish(run, step) if step >= run.total_steps else (None, None)
     run.accelerator.end_training()
-    return TrainResult(step, rate, last_loss, student_dir, result, history)
+    return TrainResult(step, speed.rate, last_loss, student_dir, result, history, speed.step_seconds)
 
 
 def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:

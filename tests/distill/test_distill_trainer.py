@@ -148,3 +148,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, syn_dataset, toy_doma
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "student").exists()
     rc, err = _cli(capsys, "eval", "--config", str(TINY_YAML), f"output_dir={tmp_path / 'run'}", f"eval.data={broken}")
     assert rc == 2 and len(err) == 1 and "has no class 'guitar'" in err[0]
+
+
+def test_missing_tensorboard_degrades_to_no_tracker_with_one_line(capsys, monkeypatch):
+    import importlib.util
+
+    from distill.trainer import resolve_tracker
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tensorboard") else real(name, *a))
+    assert resolve_tracker("tensorboard", is_main=True) is None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "tensorboard is not installed" in out[0]
+    assert resolve_tracker("none", is_main=True) is None and resolve_tracker("wandb", is_main=True) == "wandb"
