@@ -33,7 +33,7 @@ def test_read_domainbed_layout(toy_domains):
 def test_distill_then_dfkd_eval_writes_per_domain_table(make_cfg, tmp_path, toy_domains, capsys):
     from fixtures import TINY_YAML
 
-    cfg = make_cfg(tmp_path, "distill.max_steps=3", f"eval.data={toy_domains}")
+    cfg = make_cfg(tmp_path, "distill.max_steps=3", f"eval.data={toy_domains}", "distill.eval_every=2")
     result = train(cfg)
     assert [r["domain"] for r in result.eval["domains"]] == ["painting", "photo", "sketch"]
     assert (tmp_path / "eval.md").is_file()
