@@ -111,17 +111,46 @@ probs = student(images).softmax(-1)             # classes: student.classes
 
 
 class LoadedStudent(nn.Module):
-    """An exported student with its preprocessing: ``(B, 3, H, W)`` floats in [0, 1] -> ``(B, C)`` logits."""
+    """An exported student with its preprocessing: ``(B, 3, H, W)`` floats in [0, 1] -> ``(B, C)`` logits.
 
-    def __init__(self, model: nn.Module, classes: list[str], pre: Preprocessing, config: dict[str, Any]):
+    A student trained with the embedding loss also has :meth:`embed`, ``h(f_S(x))`` in the teacher's
+    feature space, so it classifies *new* class names through the teacher's text features
+    (:func:`open_vocabulary_head`).
+    """
+
+    def __init__(self, model: nn.Module, classes: list[str], pre: Preprocessing, config: dict[str, Any],
+                 head: nn.Linear | None = None):
         super().__init__()
         self.model, self.classes, self.pre, self.config = model.eval(), classes, pre, config
+        self.net = DistillStudent(model, len(classes), head.out_features if head is not None else None)
+        if head is not None:
+            self.net.head.load_state_dict(head.state_dict())
+        self.net.eval()
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1), persistent=False)
 
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(resize_center_crop(images, self.pre.input_size), self.mean, self.std)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = resize_center_crop(images, self.pre.input_size)
-        return self.model(normalize(x, self.mean, self.std))
+        return self.model(self._input(images))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, D)`` L2-normalised embeddings in the teacher's image-feature space."""
+        if self.net.head is None:
+            raise UserError("this student was trained without the embedding loss (distill.loss.emb=0); "
+                            "it cannot classify new class names")
+        return nn.functional.normalize(self.net(self._input(images))[1], dim=-1)
+
+
+def open_vocabulary_head(student: LoadedStudent, class_names: list[str], templates: str | None = None):
+    """A zero-shot head ``(B, D) -> (B, K)`` over new ``class_names`` from the teacher's text features:
+    ``head(student.embed(images))`` are logits for those names."""
+    from prompts.teacher import ClipTeacher
+
+    meta = student.config.get("dfkd", {})
+    clip = ClipTeacher.load(meta["teacher"], device=student.mean.device)
+    return clip.set_classes(list(class_names), templates or meta.get("templates", "openai_80"))
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> LoadedStudent:
@@ -137,11 +166,16 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     classes = list(config.get("label_names") or meta.get("classes"))
     model, _ = create_student(meta.get("student", config["architecture"]), len(classes), meta.get("student_kwargs"))
     model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+    head = None
+    if (path / HEAD_NAME).is_file():
+        weights = load_file(str(path / HEAD_NAME))
+        head = nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0])
+        head.load_state_dict(weights)
     p = meta.get("preprocessing") or {}
     pcfg = config.get("pretrained_cfg", {})
     pre = Preprocessing(int(p.get("input_size") or pcfg["input_size"][-1]), tuple(p.get("mean") or pcfg["mean"]),
                         tuple(p.get("std") or pcfg["std"]))
-    return LoadedStudent(model, classes, pre, config).to(device)
+    return LoadedStudent(model, classes, pre, config, head).to(device)
 
 
 def push_student(folder: str | Path, repo: str, private: bool = False, token: str | None = None) -> str:

@@ -94,6 +94,14 @@ def test_export_round_trip_and_timm_format(make_cfg, tmp_path):
     mean, std = torch.tensor(student.pre.mean).view(1, 3, 1, 1), torch.tensor(student.pre.std).view(1, 3, 1, 1)
     with torch.no_grad():
         assert torch.allclose(student(x), native((x - mean) / std), atol=1e-5)
+    # the embedding head makes it an open-vocabulary student: new class names through the teacher's text features
+    from distill.export import open_vocabulary_head
+
+    head = open_vocabulary_head(student, ["zebra", "violin", "castle"], templates="short_7")
+    with torch.no_grad():
+        emb = student.embed(x)
+        assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+        assert head(emb).shape == (2, 3)
 
 
 def test_push_to_hub_uploads_student_folder(make_cfg, tmp_path, monkeypatch):
