@@ -4,7 +4,12 @@
    prompts per call, per-image generators) over a naive loop that calls the diffusers pipeline once
    per image with a text prompt.
 2. ``writer_efficiency``: images/s of the whole ``dfkd synth`` generation loop (prompts, generator,
-   teacher confidence, JPEG encoding, parquet shards) over the generator alone on the same images.
+   teacher confidence, JPEG encoding, parquet shards) over the generator alone on the same images,
+   both freshly loaded. ``generator_share_of_loop``: the fraction of the loop's own time spent inside
+   the generator (immune to the machine's speed drifting between measurements).
+
+Measurements are interleaved in rounds and each ratio is the median of its per-round ratios: the
+machines are shared and their speed drifts by several times within minutes.
 
 The model is small but not trivial: a 64 px Stable-Diffusion-style pipeline (UNet of a few million
 parameters, an f=4 VAE, a 2-layer CLIP text encoder with the real CLIP tokenizer), random weights,
@@ -73,7 +78,6 @@ def config(model: Path, out: Path, args):
 
 def naive_loop(pipe, prompts: list[str], steps: int) -> float:
     """images/s of one pipeline call per image with a text prompt (the usual tutorial loop)."""
-    pipe(prompt=prompts[0], num_inference_steps=steps, guidance_scale=0.0, height=64, width=64)  # warm-up
     start = time.perf_counter()
     for i, text in enumerate(prompts):
         pipe(prompt=text, num_inference_steps=steps, guidance_scale=0.0, height=64, width=64,
@@ -83,11 +87,53 @@ def naive_loop(pipe, prompts: list[str], steps: int) -> float:
 
 def generator_alone(backend, method, keys, batch: int) -> float:
     """images/s of our backend on ``keys`` in batches (prompt encoding included, no teacher, no writer)."""
-    backend.generate(*_batch(method, keys[:batch]))  # warm-up
     start = time.perf_counter()
     for i in range(0, len(keys), batch):
         backend.generate(*_batch(method, keys[i:i + batch]))
     return len(keys) / (time.perf_counter() - start)
+
+
+def fresh_generator_alone(cfg, teacher, device, keys, batch: int) -> float:
+    """Like :func:`generator_alone` on a freshly loaded backend, as the synth loop gets one (first-call costs included)."""
+    from prompts.methods import create_prompt_method
+    from synth.backends.diffusion import DiffusionBackend
+
+    backend = DiffusionBackend.load(cfg, teacher=teacher, device=device)
+    method = create_prompt_method(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=cfg.seed,
+                                  run_dir=cfg.out)
+    return generator_alone(backend, method, keys, batch)
+
+
+class GenerateTimer:
+    """Sums the seconds spent in ``DiffusionBackend.generate`` while active (bench instrumentation)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        from synth.backends.diffusion import DiffusionBackend
+
+        self._orig = DiffusionBackend.generate
+
+        def timed(backend, *a, **k):
+            t = time.perf_counter()
+            try:
+                return self._orig(backend, *a, **k)
+            finally:
+                self.seconds += time.perf_counter() - t
+
+        DiffusionBackend.generate = timed
+        return self
+
+    def __exit__(self, *exc):
+        from synth.backends.diffusion import DiffusionBackend
+
+        DiffusionBackend.generate = self._orig
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def _batch(method, keys):
@@ -99,11 +145,12 @@ def _batch(method, keys):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--images", type=int, default=64, help="images per measured path (multiple of --classes)")
-    p.add_argument("--naive-images", type=int, default=16)
+    p.add_argument("--images", type=int, default=32, help="images per measured path and round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; ratios are medians over rounds")
+    p.add_argument("--naive-images", type=int, default=8, help="naive-loop images per round")
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "synth_bench.json"))
     args = p.parse_args(argv)
 
@@ -126,23 +173,31 @@ def main(argv=None) -> dict:
                                       run_dir=cfg.out)
         keys = [k for spec in plan_shards(args.classes, args.images // args.classes, 10**9) for k in spec.keys]
 
-        # 2. naive loop vs batched backend
+        keys = keys[:args.images]
         texts = [f"a watercolor painting of a {CLASSES[i % args.classes]}" for i in range(args.naive_images)]
-        naive = naive_loop(backend.pipe, texts, args.steps)
-        batched = generator_alone(backend, method, keys, args.batch)
+        backend.pipe(prompt=texts[0], num_inference_steps=args.steps, guidance_scale=0.0, height=64, width=64)
+        backend.generate(*_batch(method, keys[:args.batch]))  # warm both paths once
 
-        # 3. the whole synthesis loop (fresh output folder) vs the generator alone, measured again right after
-        result = synthesize(cfg, state=state)
-        alone = generator_alone(backend, method, keys, args.batch)
-        run_ips = result.generated / result.generation_seconds
+        # 2.-3. interleaved rounds (the machine is shared and its speed drifts): naive loop vs batched
+        #       backend (both warm), then generator alone vs the whole synth loop (both freshly loaded)
+        timer = GenerateTimer()
+        m = {"naive": [], "batched": [], "alone": [], "loop": [], "share": []}
+        for r in range(args.rounds):
+            m["naive"].append(naive_loop(backend.pipe, texts, args.steps))
+            m["batched"].append(generator_alone(backend, method, keys, args.batch))
+            m["alone"].append(fresh_generator_alone(cfg, teacher, device, keys, args.batch))
+            timer.seconds = 0.0
+            with timer:
+                result = synthesize(config(model, Path(tmp) / f"run{r}", args), state=state)
+            m["loop"].append(result.generated / result.generation_seconds)
+            m["share"].append(timer.seconds / result.generation_seconds)
     res = {
-        "batch_speedup": round(batched / naive, 2),
-        "writer_efficiency": round(run_ips / max(alone, batched), 3),
-        "naive_images_per_s": round(naive, 2),
-        "batched_images_per_s": round(max(alone, batched), 2),
-        "synth_loop_images_per_s": round(run_ips, 2),
+        "batch_speedup": round(_median([b / n for b, n in zip(m["batched"], m["naive"])]), 2),
+        "writer_efficiency": round(_median([lo / a for lo, a in zip(m["loop"], m["alone"])]), 3),
+        "generator_share_of_loop": round(_median(m["share"]), 3),
+        "per_round_images_per_s": {k: [round(x, 3) for x in v] for k, v in m.items()},
         "synth_end_to_end_images_per_s": round(result.generated / result.seconds, 2),
-        "images": result.generated, "naive_images": args.naive_images, "batch_size": args.batch,
+        "images": len(keys), "naive_images": args.naive_images, "rounds": args.rounds, "batch_size": args.batch,
         "steps": args.steps, "resolution": 64, "unet_params": unet_params, "device": args.device,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -101,6 +101,12 @@ def _filter_line(cfg, counts: dict) -> str:
             f"{counts.get('below_threshold', 0)} still below after retries")
 
 
+def card_is_current(dataset_dir: Path, cfg) -> bool:
+    """True when ``README.md`` was written for exactly the shards now in ``dataset_dir``."""
+    card = Path(dataset_dir) / schema.CARD_NAME
+    return card.is_file() and f"config_name: dfkd-{content_id(Path(dataset_dir), cfg)}\n" in card.read_text("utf-8")
+
+
 def write_card(dataset_dir: Path, cfg, generator_id: str, diagnostics: dict) -> Path:
     """Write ``README.md`` and ``diagnostics.json`` atomically."""
     dataset_dir = Path(dataset_dir)

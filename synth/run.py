@@ -79,13 +79,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     state.wait_for_everyone()
 
     # 6. diagnostics and the dataset card, once every process is done
-    diagnostics: dict = {}
-    if state.is_main_process:
-        from .card import write_card
-        from .diagnostics import compute_diagnostics
-
-        diagnostics = compute_diagnostics(dataset_dir, cfg, teacher)
-        write_card(dataset_dir, cfg, backend.generator_id, diagnostics)
+    diagnostics = finish_dataset(dataset_dir, cfg, teacher, backend.generator_id) if state.is_main_process else {}
     state.wait_for_everyone()
     result = SynthResult(dataset_dir, len(specs), len(mine), generated, time.perf_counter() - start, diagnostics,
                          state.process_index, state.num_processes, gen_seconds)
@@ -108,6 +102,22 @@ def prepare_output(dataset_dir: Path, cfg, specs: Sequence[ShardSpec], *, main: 
         shutil.rmtree(dataset_dir, ignore_errors=True)
         check_or_write_state(dataset_dir, cfg, False, write=True)
     remove_stale(dataset_dir / schema.DATA_DIR, specs)
+
+
+def finish_dataset(dataset_dir: Path, cfg, teacher, generator_id: str) -> dict:
+    """Diagnostics + card; skipped (the stored diagnostics returned) when the card already describes
+    exactly these shards, so re-running a finished command costs no pass over the images."""
+    import json
+
+    from .card import card_is_current, write_card
+    from .diagnostics import compute_diagnostics
+
+    stored = dataset_dir / "diagnostics.json"
+    if card_is_current(dataset_dir, cfg) and stored.is_file():
+        return json.loads(stored.read_text(encoding="utf-8"))
+    diagnostics = compute_diagnostics(dataset_dir, cfg, teacher)
+    write_card(dataset_dir, cfg, generator_id, diagnostics)
+    return diagnostics
 
 
 def process_state(device: str):
@@ -188,31 +198,39 @@ def generate_shards(cfg, shards: Sequence[ShardSpec], backend: Backend, method, 
 
 
 def make_batch(keys, cfg, backend: Backend, method, teacher, writer: DatasetWriter, info: dict) -> tuple[list[dict], int]:
-    """Rows for one batch of keys (images queued for encoding); applies the optional confidence filter."""
-    f = cfg.synth.filter
+    """Rows for one batch of keys (images queued for encoding) and the number of images generated;
+    applies the optional teacher-confidence filter and counts what it did into ``info``."""
+    f, size = cfg.synth.filter, cfg.synth.store_resolution
     records = [method.record(label, index) for label, index in keys]
-    arrays, conf = render(records, backend, method, teacher, cfg.synth.store_resolution)
+    arrays, conf = render(records, backend, method, teacher, size)
     generated = len(records)
-    if f.enabled:
-        for attempt in range(1, f.max_tries + 1 if f.mode == "regenerate" else 1):
-            low = [i for i, c in enumerate(conf.tolist()) if c < f.threshold]
-            if not low:
-                break
-            retry = [replace(records[i], seed=retry_seed(records[i].seed, attempt)) for i in low]
-            new_arrays, new_conf = render(retry, backend, method, teacher, cfg.synth.store_resolution)
-            for j, i in enumerate(low):
-                records[i], arrays[i], conf[i] = retry[j], new_arrays[j], new_conf[j]
-            generated += len(low)
-            info["regenerated"] += len(low)
+    if f.enabled and f.mode == "regenerate":
+        generated += regenerate_low(records, arrays, conf, f, backend, method, teacher, size, info)
+    low = [f.enabled and c < f.threshold for c in conf.tolist()]
+    keep = [i for i in range(len(records)) if not (f.mode == "drop" and low[i])]
     info["generated"] += generated
-    keep = [i for i in range(len(records)) if not (f.enabled and conf[i] < f.threshold)]
-    info["below_threshold"] += len(records) - len(keep)
-    if f.enabled and f.mode == "drop":
-        info["dropped"] += len(records) - len(keep)
-    else:
-        keep = list(range(len(records)))
+    info["below_threshold"] += sum(low)
+    info["dropped"] += len(records) - len(keep)
     futures = writer.encode(arrays[keep])
     return [row(records[i], fut, float(conf[i]), backend.generator_id) for i, fut in zip(keep, futures)], generated
+
+
+def regenerate_low(records: list, arrays, conf: torch.Tensor, f, backend: Backend, method, teacher, size: int,
+                   info: dict) -> int:
+    """Regenerate, in place and with fresh seeds, the images below ``f.threshold`` (at most ``f.max_tries``
+    times); returns how many extra images were generated."""
+    extra = 0
+    for attempt in range(1, f.max_tries + 1):
+        low = [i for i, c in enumerate(conf.tolist()) if c < f.threshold]
+        if not low:
+            break
+        retry = [replace(records[i], seed=retry_seed(records[i].seed, attempt)) for i in low]
+        new_arrays, new_conf = render(retry, backend, method, teacher, size)
+        for j, i in enumerate(low):
+            records[i], arrays[i], conf[i] = retry[j], new_arrays[j], new_conf[j]
+        extra += len(low)
+    info["regenerated"] += extra
+    return extra
 
 
 def render(records, backend: Backend, method, teacher, store_resolution: int):

@@ -42,8 +42,17 @@ def _public_files(folder):
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
 
 
-def test_synth_push_to_hub_uploads_the_folder_shard_by_shard(tmp_path, hub, capsys, caplog):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hub")
+    assert main(fast_args(out)) == 0
+    return out
+
+
+def test_synth_push_to_hub_uploads_the_folder_shard_by_shard(finished, hub, capsys, caplog):
+    tmp_path = finished
     caplog.set_level(logging.DEBUG)
+    # the same command with publishing on: nothing to generate, then the upload
     assert main(fast_args(tmp_path, "synth.push_to_hub=true", "synth.hub_repo=me/tiny-synth")) == 0
     folder = tmp_path / "dataset"
     assert hub["repos"] == [("me/tiny-synth", "dataset", False)]
@@ -60,8 +69,8 @@ def test_synth_push_to_hub_uploads_the_folder_shard_by_shard(tmp_path, hub, caps
     assert all(TOKEN.encode() not in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
 
 
-def test_push_dataset_command_and_its_errors(tmp_path, hub, capsys):
-    assert main(fast_args(tmp_path)) == 0
+def test_push_dataset_command_and_its_errors(finished, hub, capsys):
+    tmp_path = finished
     assert main(["push-dataset", str(tmp_path / "dataset"), "me/again", "--private"]) == 0
     assert hub["repos"] == [("me/again", "dataset", True)]
     assert main(["push-dataset", str(tmp_path), "me/again"]) == 2  # not a dataset folder
