@@ -12,6 +12,16 @@ from dfkd.cli import main as dfkd_main
 CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """`dfkd run` builds Accelerate state in this process; leave none behind for later tests."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.mark.slow
 def test_dfkd_run_whole_pipeline_then_skips_and_resumes(tmp_path, capsys):
     from distill.toydata import write_domainbed
