@@ -28,7 +28,7 @@ def test_dfkd_run_whole_pipeline_then_skips_and_resumes(tmp_path, capsys):
 
     toy = write_domainbed(tmp_path / "toy", CLASSES, per_class=2, size=48)
     argv = ["run", "--config", str(TINY_YAML), f"output_dir={tmp_path / 'run'}", f"eval.data={toy}",
-            "prompts.contrastive.steps=10"]
+            "prompts.contrastive.steps=10", "distill.student=tiny_cnn"]
     assert dfkd_main(argv) == 0
     out = capsys.readouterr().out
     run = tmp_path / "run"

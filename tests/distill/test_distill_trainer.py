@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import TINY_CLASSES
 from safetensors.torch import load_file
@@ -162,3 +163,32 @@ def test_missing_tensorboard_degrades_to_no_tracker_with_one_line(capsys, monkey
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "tensorboard is not installed" in out[0]
     assert resolve_tracker("none", is_main=True) is None and resolve_tracker("wandb", is_main=True) == "wandb"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_latest_matches_straight_run(make_cfg, tmp_path, syn_dataset):
+    """A real kill: SIGKILL `python -m distill` once its first checkpoint is on disk, resume, compare."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fixtures import REPO_ROOT, TINY_YAML
+
+    common = ["distill.max_steps=30", "distill.checkpointing_steps=5", "distill.checkpoints_total_limit=2",
+              "distill.batch_size=8", "distill.log_every=5"]
+    train(make_cfg(tmp_path / "straight", *common))
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "distill", "--config", str(TINY_YAML), f"output_dir={killed}",
+           f"distill.dataset={syn_dataset}", "distill.student=tiny_cnn", *common]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list_checkpoints(killed) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list_checkpoints(killed) and not (killed / "student").exists(), "the run ended before it could be killed"
+    train(make_cfg(killed, *common, "distill.resume_from_checkpoint=latest"))
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
