@@ -16,10 +16,13 @@ class LossConfig:
     ce: float = 0.0
     emb: float = 0.0
     temperature: float = 4.0
+    extra: dict[str, float] = field(default_factory=dict)  #: weights of losses registered by plugins, by name
 
     def validate(self, prefix: str) -> None:
         check(min(self.kd, self.ce, self.emb) >= 0, prefix + "kd", "and the other loss weights must be >= 0")
-        check(self.kd + self.ce + self.emb > 0, prefix + "kd", "ce and emb cannot all be 0; turn on at least one loss")
+        check(self.kd + self.ce + self.emb + sum(self.extra.values()) > 0, prefix + "kd",
+              "ce, emb and extra cannot all be 0; turn on at least one loss")
+        check(all(w >= 0 for w in self.extra.values()), prefix + "extra", "weights must be >= 0")
         check(self.temperature > 0, prefix + "temperature", "must be positive")
 
 

@@ -1,12 +1,13 @@
 """The loss zoo (method.md section 5): a registry of named losses, weighted by ``distill.loss``.
 
-Each registered loss takes a :class:`LossInputs` and the temperature and returns a scalar; the
-total is ``sum_name weight[name] * loss[name]`` over the losses whose weight is > 0. Add one with::
+Each registered loss takes a :class:`LossInputs` and the loss config and returns a scalar; the total
+is ``sum_name weight[name] * loss[name]`` over the losses whose weight is > 0. Add one from a plugin
+module (listed in the config's ``imports``) with::
 
     @register_loss("my_loss")
     def my_loss(batch: LossInputs, cfg: LossConfig) -> torch.Tensor: ...
 
-and a ``my_loss`` weight is read from ``distill.loss`` (add the field) or passed in ``weights``.
+and turn it on with ``distill.loss.extra.my_loss=0.5``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from dfkd.errors import UserError
 
 from .config import LossConfig
 
@@ -87,8 +90,12 @@ def real_ce_loss(batch: LossInputs) -> torch.Tensor:
 
 
 def loss_weights(cfg: LossConfig) -> dict[str, float]:
-    """The registered losses with a weight > 0 in ``cfg``."""
-    return {name: float(getattr(cfg, name, 0.0)) for name in LOSSES if float(getattr(cfg, name, 0.0)) > 0}
+    """The registered losses with a weight > 0 in ``cfg`` (built-in fields, then ``cfg.extra``)."""
+    weights = {name: float(cfg.extra.get(name, getattr(cfg, name, 0.0))) for name in LOSSES}
+    unknown = sorted(set(cfg.extra) - set(LOSSES))
+    if unknown:
+        raise UserError(f"distill.loss.extra names unregistered loss '{unknown[0]}'; registered: {', '.join(LOSSES)}")
+    return {name: w for name, w in weights.items() if w > 0}
 
 
 def total_loss(batch: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

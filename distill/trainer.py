@@ -44,7 +44,7 @@ from .data import (
     read_real,
     stored_size,
 )
-from .losses import LossInputs, total_loss
+from .losses import LossInputs, loss_weights, total_loss
 from .students import (
     DistillStudent,
     Preprocessing,
@@ -118,8 +118,9 @@ def find_resume_dir(cfg: ExperimentConfig) -> Path | None:
 
 
 def check_student(cfg: ExperimentConfig) -> tuple[torch.nn.Module, str, Preprocessing]:
-    """Build the student (seeded) and check it maps ``(2, 3, S, S)`` to ``(2, C)``."""
+    """Check the loss names; build the student (seeded) and check it maps ``(2, 3, S, S)`` to ``(2, C)``."""
     d = cfg.distill
+    loss_weights(d.loss)  # an unregistered distill.loss.extra name fails here
     torch.manual_seed(cfg.seed)
     student, kind = create_student(d.student, len(cfg.classes), d.student_kwargs, d.pretrained)
     pre = student_preprocessing(student, d.input_size, d.mean, d.std)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from dfkd.errors import UserError
 from distill.config import LossConfig
 from distill.losses import LOSSES, LossInputs, kd_divergence, loss_weights, register_loss, total_loss
 
@@ -55,14 +56,18 @@ def test_few_shot_real_images_get_ce_and_synthetic_ce_excludes_them():
     assert torch.allclose(ce, torch.nn.functional.cross_entropy(logits[~real], labels[~real]))
 
 
-def test_register_custom_loss():
+def test_register_custom_loss_and_weight_it_by_name():
     @register_loss("unit_test_l2")
     def l2(batch, cfg):
         return (batch.student_logits - batch.teacher_logits).pow(2).mean()
 
     try:
-        assert "unit_test_l2" in LOSSES
-        with pytest.raises(AttributeError):
-            LossConfig().unit_test_l2  # noqa: B018 - weight is off unless the config has the field
+        batch = LossInputs(torch.ones(2, 3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+        cfg = LossConfig(kd=0.0, extra={"unit_test_l2": 0.5})
+        assert loss_weights(cfg) == {"unit_test_l2": 0.5}
+        loss, parts = total_loss(batch, cfg)
+        assert torch.allclose(loss, torch.tensor(0.5)) and set(parts) == {"unit_test_l2"}
     finally:
         LOSSES.pop("unit_test_l2")
+    with pytest.raises(UserError, match="unregistered loss 'unit_test_l2'"):
+        loss_weights(cfg)
