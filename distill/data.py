@@ -172,8 +172,12 @@ class BatchPlan:
         return self.num_items // (self.batch_size * self.world_size)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        return torch.randperm(self.num_items, generator=gen)
+        """``(num_items,)`` permutation of epoch ``epoch`` (the last one is cached: one randperm per epoch)."""
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._cached = cached = (epoch, torch.randperm(self.num_items, generator=gen))
+        return cached[1]
 
     def indices(self, micro_step: int) -> torch.Tensor:
         """``(batch_size,)`` int64 indices of this process's micro-batch number ``micro_step`` (global count)."""
