@@ -73,9 +73,11 @@ def synthesize(cfg, *, state=None) -> SynthResult:
         mine = list(mine)
 
     # 5. generate, score and write shard by shard; encoding and I/O overlap generation
-    gen_start = time.perf_counter()
-    generated = generate_shards(cfg, mine, backend, method, teacher, dataset_dir, show=state.is_main_process)
-    gen_seconds = time.perf_counter() - gen_start
+    with DatasetWriter(dataset_dir, cfg.classes, image_format=s.image_format, jpeg_quality=s.jpeg_quality,
+                       store_resolution=s.store_resolution, threads=s.writer_threads) as writer:
+        gen_start = time.perf_counter()
+        generated = generate_shards(cfg, mine, backend, method, teacher, writer, show=state.is_main_process)
+    gen_seconds = time.perf_counter() - gen_start  # the last shards' writes included
     state.wait_for_everyone()
 
     # 6. diagnostics and the dataset card, once every process is done
@@ -174,25 +176,23 @@ def retry_seed(seed: int, attempt: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:retry{attempt}".encode()).digest()[:7], "little")
 
 
-def generate_shards(cfg, shards: Sequence[ShardSpec], backend: Backend, method, teacher, dataset_dir: Path,
+def generate_shards(cfg, shards: Sequence[ShardSpec], backend: Backend, method, teacher, writer: DatasetWriter,
                     *, show: bool = True) -> int:
-    """Generate ``shards`` and queue them to the writer; returns the number of images generated."""
+    """Generate ``shards`` and queue them to ``writer``; returns the number of images generated."""
     from tqdm.auto import tqdm
 
     s = cfg.synth
     total = sum(len(sp.keys) for sp in shards)
     bar = tqdm(total=total, unit="img", desc="synth", disable=not (show and s.progress), dynamic_ncols=True)
     generated = 0
-    with DatasetWriter(dataset_dir, cfg.classes, image_format=s.image_format, jpeg_quality=s.jpeg_quality,
-                       store_resolution=s.store_resolution, threads=s.writer_threads) as writer:
-        for spec in shards:
-            rows, info = [], {"generated": 0, "regenerated": 0, "dropped": 0, "below_threshold": 0}
-            for keys in spec.batches(s.batch_size):
-                batch_rows, n = make_batch(keys, cfg, backend, method, teacher, writer, info)
-                rows += batch_rows
-                generated += n
-                bar.update(len(keys))
-            writer.write_shard(spec, rows, info)
+    for spec in shards:
+        rows, info = [], {"generated": 0, "regenerated": 0, "dropped": 0, "below_threshold": 0}
+        for keys in spec.batches(s.batch_size):
+            batch_rows, n = make_batch(keys, cfg, backend, method, teacher, writer, info)
+            rows += batch_rows
+            generated += n
+            bar.update(len(keys))
+        writer.write_shard(spec, rows, info)
     bar.close()
     return generated
 
