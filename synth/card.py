@@ -33,13 +33,12 @@ def front_matter(cfg, config_name: str = "default", rows: int = 0) -> dict:
         "pretty_name": f"dfkd synthetic images: {cfg.name or 'experiment'}",
         "task_categories": ["image-classification"],
         "tags": ["synthetic", "data-free-knowledge-distillation", "dfkd", cfg.synth.backend, cfg.prompts.method],
-        "size_categories": [_size_category(len(cfg.classes) * cfg.synth.images_per_class)],
+        "size_categories": [_size_category(rows or len(cfg.classes) * cfg.synth.images_per_class)],
         "configs": [{"config_name": config_name,
                      "data_files": [{"split": "train", "path": f"{schema.DATA_DIR}/*.parquet"}]}],
     }
     try:
-        meta["dataset_info"] = {"config_name": config_name, "features": schema.features(cfg.classes)._to_yaml_list(),
-                                "splits": [{"name": "train", "num_examples": rows}]}
+        meta["dataset_info"] = {"config_name": config_name, "features": schema.features(cfg.classes)._to_yaml_list()}
     except AttributeError:  # pragma: no cover - older datasets; the parquet metadata carries the features too
         pass
     return meta

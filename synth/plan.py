@@ -88,7 +88,8 @@ def check_or_write_state(dataset_dir: Path, cfg, overwrite: bool, *, write: bool
     fields = fingerprint_fields(cfg)
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("fingerprint") != fingerprint(cfg):
+        has_shards = any((dataset_dir / "data").glob("*.parquet"))  # a run that failed before any image: no conflict
+        if old.get("fingerprint") != fingerprint(cfg) and has_shards:
             if overwrite:
                 return True
             changed = ", ".join(_diff(old.get("fields", {}), fields)[:4]) or "unknown fields"

@@ -155,3 +155,10 @@ def test_two_dataset_folders_never_share_the_datasets_cache(finished, tmp_path):
     a = datasets.load_dataset(str(finished / "dataset"), split="train")
     b = datasets.load_dataset(str(other / "dataset"), split="train")
     assert (len(a), len(b)) == (6, 9)
+
+
+def test_a_run_that_failed_before_any_image_does_not_lock_the_folder(tmp_path, capsys):
+    code, _ = _bad(capsys, tmp_path, "synth.model=nobody/no-such-model")
+    assert code == 2
+    assert main(fast_args(tmp_path, "synth.images_per_class=1")) == 0
+    assert len(read_rows(tmp_path / "dataset")) == 3
