@@ -55,51 +55,69 @@ def decode(image_bytes: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
 
 
+class _Accumulator:
+    """Per-class counts, agreement, confidence, teacher features (capped) and preview images."""
+
+    def __init__(self, num_classes: int, max_features: int, preview: int):
+        self.counts, self.correct, self.conf = [0] * num_classes, [0] * num_classes, [0.0] * num_classes
+        self.feats: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+        self.preview: dict[tuple[int, int], np.ndarray] = {}
+        self.max_features, self.preview_per_class = max_features, preview
+
+    def add(self, image: np.ndarray, label: int, index: int, pred: int, feature: torch.Tensor, conf: float) -> None:
+        self.counts[label] += 1
+        self.correct[label] += int(pred == label)
+        self.conf[label] += float(conf)
+        if index < self.max_features:
+            self.feats[label].append(feature)
+        if index < self.preview_per_class:
+            self.preview[(label, index)] = image
+
+    def per_class(self, classes: Sequence[str]) -> dict:
+        out = {}
+        for c, name in enumerate(classes):
+            n, f = self.counts[c], torch.stack(self.feats[c]) if self.feats[c] else None
+            out[name] = {
+                "count": n,
+                "agreement": self.correct[c] / n if n else 0.0,
+                "mean_confidence": self.conf[c] / n if n else 0.0,
+                "mean_pairwise_cosine_distance": mean_pairwise_cosine_distance(f) if f is not None else 0.0,
+                "vendi_score": vendi_score(f) if f is not None else 0.0,
+            }
+        return out
+
+
 @torch.no_grad()
-def compute_diagnostics(dataset_dir: Path, cfg, teacher, batch_size: int = 64) -> dict:
-    """Counts, agreement, diversity and the preview grid of the dataset in ``dataset_dir``."""
-    s = cfg.synth
-    C = len(cfg.classes)
-    feats: list[list[torch.Tensor]] = [[] for _ in range(C)]
-    correct, conf_sum, counts = [0] * C, [0.0] * C, [0] * C
-    preview: dict[tuple[int, int], np.ndarray] = {}
+def _score_shards(dataset_dir: Path, teacher, acc: _Accumulator, batch_size: int) -> None:
+    """Decode every stored image once, shard by shard, and feed the teacher's view of it to ``acc``."""
     for table in iter_shards(dataset_dir, ["image", "label", "index", "teacher_confidence"]):
         d = table.to_pydict()
         for start in range(0, len(d["label"]), batch_size):
             sl = slice(start, start + batch_size)
             arrays = [decode(im["bytes"]) for im in d["image"][sl]]
-            labels, indices = d["label"][sl], d["index"][sl]
             x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255).to(teacher.device)
-            f = teacher.image_features(x)
-            pred = teacher.logits_from_features(f).argmax(-1).cpu().tolist()
-            for a, lab, idx, p, fi, c in zip(arrays, labels, indices, pred, f.cpu(), d["teacher_confidence"][sl]):
-                counts[lab] += 1
-                correct[lab] += int(p == lab)
-                conf_sum[lab] += float(c)
-                if idx < s.diagnostics_max_per_class:
-                    feats[lab].append(fi)
-                if idx < s.preview_per_class:
-                    preview[(lab, idx)] = a
-    per_class = {}
-    for c, name in enumerate(cfg.classes):
-        fc = torch.stack(feats[c]) if feats[c] else torch.zeros(0, 1)
-        per_class[name] = {
-            "count": counts[c],
-            "agreement": correct[c] / counts[c] if counts[c] else 0.0,
-            "mean_confidence": conf_sum[c] / counts[c] if counts[c] else 0.0,
-            "mean_pairwise_cosine_distance": mean_pairwise_cosine_distance(fc) if len(fc) else 0.0,
-            "vendi_score": vendi_score(fc) if len(fc) else 0.0,
-        }
-    total = sum(counts)
-    grid = preview_grid(preview, C, s.preview_per_class, s.store_resolution)
+            feats = teacher.image_features(x)
+            preds = teacher.logits_from_features(feats).argmax(-1).cpu().tolist()
+            for item in zip(arrays, d["label"][sl], d["index"][sl], preds, feats.cpu(), d["teacher_confidence"][sl]):
+                acc.add(*item)
+
+
+def compute_diagnostics(dataset_dir: Path, cfg, teacher, batch_size: int = 64) -> dict:
+    """Counts, agreement, diversity and the preview grid (written to ``dataset_dir``) of the stored dataset."""
+    s = cfg.synth
+    acc = _Accumulator(len(cfg.classes), s.diagnostics_max_per_class, s.preview_per_class)
+    _score_shards(dataset_dir, teacher, acc, batch_size)
+    per_class = acc.per_class(cfg.classes)
+    total = sum(acc.counts)
+    grid = preview_grid(acc.preview, len(cfg.classes), s.preview_per_class, s.store_resolution)
     if grid is not None:
         from PIL import Image
 
         Image.fromarray(grid).save(dataset_dir / PREVIEW_NAME)
     return {
         "rows": total,
-        "teacher_agreement": sum(correct) / total if total else 0.0,
-        "mean_confidence": sum(conf_sum) / total if total else 0.0,
+        "teacher_agreement": sum(acc.correct) / total if total else 0.0,
+        "mean_confidence": sum(acc.conf) / total if total else 0.0,
         "mean_pairwise_cosine_distance": _mean(v["mean_pairwise_cosine_distance"] for v in per_class.values()),
         "vendi_score": _mean(v["vendi_score"] for v in per_class.values()),
         "filter": _filter_counts(dataset_dir),
