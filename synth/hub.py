@@ -34,6 +34,15 @@ def check_folder(folder: Path) -> None:
                         f"{schema.DATA_DIR}/*.parquet); run `dfkd synth` to completion first")
 
 
+def _call(what: str, fn, *args, **kwargs):
+    """Run a Hub call; a failure (offline, no login, no rights) becomes one line that never shows the token."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        raise UserError(f"cannot {what} ({type(exc).__name__}); check the network and your login "
+                        "(HF_TOKEN or `hf auth login`); re-running uploads everything again") from exc
+
+
 def push_dataset_folder(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
                         log=print) -> list[str]:
     """Upload ``folder`` (written by ``dfkd synth``) to dataset repo ``repo_id``; returns the uploaded paths."""
@@ -43,17 +52,17 @@ def push_dataset_folder(folder: str | Path, repo_id: str, *, private: bool = Fal
     check_folder(folder)
     if repo_id.count("/") != 1:
         raise UserError(f"hub repo '{repo_id}' must be of the form user/name")
-    api = HfApi()
-    try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    except Exception as exc:
-        raise UserError(f"cannot create or reach dataset repo '{repo_id}' ({type(exc).__name__}); "
-                        "check the network and your login (HF_TOKEN or `hf auth login`)") from exc
+    api = HfApi()  # the token: HF_TOKEN or the `hf auth login` cache, read by huggingface_hub itself
+    _call(f"create or reach dataset repo '{repo_id}'", api.create_repo, repo_id, repo_type="dataset",
+          private=private, exist_ok=True)
+    if revision:
+        _call(f"create branch '{revision}' of '{repo_id}'", api.create_branch, repo_id, branch=revision,
+              repo_type="dataset", exist_ok=True)
     paths = upload_plan(folder)
     for i, rel in enumerate(paths, 1):
-        api.create_commit(repo_id, repo_type="dataset", revision=revision,
-                          operations=[CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(folder / rel))],
-                          commit_message=f"dfkd synth: upload {rel} ({i}/{len(paths)})")
+        _call(f"upload {rel} to '{repo_id}'", api.create_commit, repo_id, repo_type="dataset", revision=revision,
+              operations=[CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(folder / rel))],
+              commit_message=f"dfkd synth: upload {rel} ({i}/{len(paths)})")
         log(f"uploaded {rel} ({i}/{len(paths)})")
     log(f"dataset at https://huggingface.co/datasets/{repo_id}")
     return paths

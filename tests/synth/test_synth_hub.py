@@ -17,7 +17,7 @@ def hub(monkeypatch):
     """Record what HfApi would send: repos created and, per commit, the uploaded files' bytes."""
     from huggingface_hub import HfApi
 
-    sent = {"repos": [], "commits": []}
+    sent = {"repos": [], "commits": [], "branches": []}
 
     def create_repo(self, repo_id, **kwargs):
         sent["repos"].append((repo_id, kwargs.get("repo_type"), kwargs.get("private")))
@@ -31,7 +31,11 @@ def hub(monkeypatch):
                 files[op.path_in_repo] = f.read()
         sent["commits"].append((repo_id, kwargs.get("repo_type"), kwargs.get("commit_message"), files))
 
+    def create_branch(self, repo_id, *, branch, **kwargs):
+        sent["branches"].append((repo_id, branch))
+
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     return sent
@@ -71,8 +75,16 @@ def test_synth_push_to_hub_uploads_the_folder_shard_by_shard(finished, hub, caps
 
 def test_push_dataset_command_and_its_errors(finished, hub, capsys):
     tmp_path = finished
-    assert main(["push-dataset", str(tmp_path / "dataset"), "me/again", "--private"]) == 0
-    assert hub["repos"] == [("me/again", "dataset", True)]
+    assert main(["push-dataset", str(tmp_path / "dataset"), "me/again", "--private", "--revision", "dev"]) == 0
+    assert hub["repos"] == [("me/again", "dataset", True)] and hub["branches"] == [("me/again", "dev")]
     assert main(["push-dataset", str(tmp_path), "me/again"]) == 2  # not a dataset folder
     assert main(["push-dataset", str(tmp_path / "dataset"), "no-namespace"]) == 2
     assert TOKEN not in capsys.readouterr().err
+
+
+def test_offline_upload_fails_with_one_line_and_no_token(finished, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # HF_HUB_OFFLINE=1: the real client refuses before any request
+    assert main(["push-dataset", str(finished / "dataset"), "me/offline"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot create or reach dataset repo 'me/offline'" in err
+    assert TOKEN not in err
