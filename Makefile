@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The whole suite (slow tests included), with a throw-away HF_HOME so no cache leaks in or out.
+# Lint, then the whole suite (slow tests included), with a throw-away HF_HOME so no cache leaks in or out.
 test: install
+	$(VENV)/bin/ruff check dfkd prompts synth distill tests bench
 	@HF_HOME=$$(mktemp -d) && export HF_HOME && \
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; rm -rf "$$HF_HOME"; exit $$rc
 

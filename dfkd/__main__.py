@@ -1,4 +1,5 @@
-from dfkd.cli import main
 import sys
+
+from dfkd.cli import main
 
 sys.exit(main())

@@ -11,8 +11,8 @@ import importlib
 import os
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import UserError
 
@@ -28,7 +28,7 @@ class Command:
     handler: str  #: "module:function"; called as fn(cfg, args) when uses_config else fn(args)
     uses_config: bool = True
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    subcommands: list["Command"] = field(default_factory=list)
+    subcommands: list[Command] = field(default_factory=list)
 
 
 def _make_tiny_args(p: argparse.ArgumentParser) -> None:

@@ -204,4 +204,4 @@ def check(condition: bool, key: str, message: str) -> None:
         raise UserError(f"config key '{key}' {message}")
 
 
-__all__ = ["load_yaml", "parse_override", "apply_overrides", "from_dict", "to_dict", "check", "typing"]
+__all__ = ["apply_overrides", "check", "from_dict", "load_yaml", "parse_override", "to_dict", "typing"]

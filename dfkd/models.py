@@ -20,13 +20,18 @@ def is_tiny(model_id: str) -> bool:
     return model_id.startswith(TINY_PREFIX)
 
 
+def cache_path(env_var: str, hf_home_sub: str, home_sub: str) -> Path:
+    """``$env_var``, else ``$HF_HOME/hf_home_sub``, else ``~/.cache/dfkd/home_sub``."""
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / hf_home_sub
+    return Path.home() / ".cache" / "dfkd" / home_sub
+
+
 def tiny_cache_dir() -> Path:
     """Where ``tiny:*`` models are built once: ``$DFKD_TINY_DIR`` or ``$HF_HOME/dfkd-tiny`` or ``~/.cache/dfkd/tiny``."""
-    if os.environ.get("DFKD_TINY_DIR"):
-        return Path(os.environ["DFKD_TINY_DIR"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "dfkd-tiny"
-    return Path.home() / ".cache" / "dfkd" / "tiny"
+    return cache_path("DFKD_TINY_DIR", "dfkd-tiny", "tiny")
 
 
 def resolve_model_id(model_id: str) -> str:

@@ -20,9 +20,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from .errors import UserError
 
@@ -51,7 +51,7 @@ def clip_bpe_path() -> Path:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the real CLIP vocabulary needs open_clip_torch; install it with `pip install open-clip-torch`")
-    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
         raise UserError(f"open_clip_torch is installed but '{path}' is missing; reinstall open-clip-torch")
     return path
@@ -60,7 +60,8 @@ def clip_bpe_path() -> Path:
 @lru_cache(maxsize=1)
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """Vocabulary and merges identical to ``openai/clip-vit-base-patch32``'s tokenizer."""
-    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    with gzip.open(clip_bpe_path()) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     base = list(_bytes_to_unicode().values())
     tokens = base + [b + "</w>" for b in base] + ["".join(m.split()) for m in merges]
@@ -82,17 +83,17 @@ def make_clip_tokenizer(model_max_length: int = 77):
 
 
 def _text_config_kwargs() -> dict:
-    return dict(
-        vocab_size=49408,
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
+    return {
+        "vocab_size": 49408,
+        "hidden_size": TEXT_WIDTH,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+    }
 
 
 def build_clip(out: Path) -> None:
@@ -102,10 +103,10 @@ def build_clip(out: Path) -> None:
     torch.manual_seed(SEED)
     config = CLIPConfig(
         text_config=_text_config_kwargs(),
-        vision_config=dict(
-            hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=8,
-        ),
+        vision_config={
+            "hidden_size": TEXT_WIDTH, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": IMAGE_SIZE, "patch_size": 8,
+        },
         projection_dim=16,
     )
     model = CLIPModel(config).eval()

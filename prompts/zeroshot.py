@@ -46,11 +46,10 @@ def class_text_features(encoder: StyleTextEncoder, classes: Sequence[str], templ
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("DFKD_CACHE"):
-        return Path(os.environ["DFKD_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "dfkd-cache"
-    return Path.home() / ".cache" / "dfkd"
+    """``$DFKD_CACHE``, else ``$HF_HOME/dfkd-cache``, else ``~/.cache/dfkd/cache``."""
+    from dfkd.models import cache_path
+
+    return cache_path("DFKD_CACHE", "dfkd-cache", "cache")
 
 
 def _model_fingerprint(model_id: str) -> str:

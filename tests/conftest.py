@@ -12,11 +12,11 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixtures import REPO_ROOT, tiny_config  # noqa: E402,F401
+from fixtures import REPO_ROOT, tiny_config  # noqa: F401
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,11 +3,11 @@ import sys
 
 import pytest
 import yaml
+from fixtures import REPO_ROOT, TINY_YAML, tiny_config
 
 from dfkd.config import config_from_dict, load_config, write_resolved_config
 from dfkd.configtools import apply_overrides, parse_override
 from dfkd.errors import UserError
-from fixtures import REPO_ROOT, TINY_YAML, tiny_config
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
@@ -108,7 +108,7 @@ def test_every_shipped_config_loads():
 
 
 def _dfkd(*args, cwd=REPO_ROOT):
-    return subprocess.run([sys.executable, "-m", "dfkd", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "dfkd", *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ def test_config_command_prints_resolved_yaml():
 def test_module_entry_points_match_cli():
     for module in ("synth", "distill"):
         proc = subprocess.run([sys.executable, "-m", module, "--config", str(TINY_YAML), f"{module}.nope=1"],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                              cwd=REPO_ROOT, check=False, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and f"'{module}.nope'" in proc.stderr
 
 
