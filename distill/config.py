@@ -95,9 +95,16 @@ class DistillConfig:
         check(self.gradient_accumulation_steps >= 1, prefix + "gradient_accumulation_steps", "must be at least 1")
         check(self.checkpointing_steps >= 1, prefix + "checkpointing_steps", "must be at least 1")
         check(self.checkpoints_total_limit >= 1, prefix + "checkpoints_total_limit", "must be at least 1")
+        check(self.log_every >= 1, prefix + "log_every", "must be at least 1")
+        check(self.num_workers >= 0, prefix + "num_workers", "must be >= 0 (0 decodes in the main process)")
+        check(self.warmup_steps >= 0, prefix + "warmup_steps", "must be >= 0")
+        check(self.eval_every >= 0, prefix + "eval_every", "must be >= 0 (0 evaluates only at the end)")
+        check(self.weight_decay >= 0, prefix + "weight_decay", "must be >= 0")
+        check(self.input_size is None or self.input_size >= 8, prefix + "input_size", "must be at least 8 pixels")
         for name in ("mean", "std"):
             value = getattr(self, name)
             check(value is None or len(value) == 3, prefix + name, "must be a list of 3 numbers")
+        check(self.std is None or all(v > 0 for v in self.std), prefix + "std", "must be positive")
         check(not self.push_to_hub or bool(self.hub_repo), prefix + "hub_repo",
               "must be set (user/name) when distill.push_to_hub=true")
 

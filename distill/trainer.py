@@ -381,7 +381,8 @@ def loop(run: Run, stop: int) -> tuple[int, Throughput, float, list[dict[str, fl
             run.optimizer.zero_grad(set_to_none=True)
         if not acc.sync_gradients:
             continue
-        run.scheduler.step()
+        if not acc.optimizer_step_was_skipped:  # fp16: the grad scaler skipped an overflowing step
+            run.scheduler.step()
         step += 1
         rate = speed.update(step - run.start_step)
         if step % d.log_every == 0 or step == stop:  # reading the loss syncs the device: not every step

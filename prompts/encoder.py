@@ -96,7 +96,7 @@ class StyleTextEncoder:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         # any ordinary token that is not a special one: its row is overwritten anyway
-        self.placeholder_id = tokenizer.convert_tokens_to_ids("*</w>")
+        self.placeholder_id = _ordinary_token_id(tokenizer, "*</w>")
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -286,3 +286,13 @@ def _is_pipeline(path: str) -> bool:
         return isinstance(try_to_load_from_cache(path, "model_index.json"), str)
     except Exception:  # noqa: BLE001 - anything odd: treat as a CLIP model id
         return False
+
+
+def _ordinary_token_id(tokenizer, preferred: str) -> int:
+    """``preferred``'s id, or the first non-special id when the vocabulary lacks it (the unknown token
+    of CLIP is ``<|endoftext|>``, which would be mistaken for the EOS that pooling reads)."""
+    special = set(tokenizer.all_special_ids)
+    token_id = tokenizer.convert_tokens_to_ids(preferred)
+    if token_id is None or token_id in special:
+        token_id = next(i for i in range(len(tokenizer)) if i not in special)
+    return int(token_id)

@@ -39,7 +39,7 @@ def class_text_features(encoder: StyleTextEncoder, classes: Sequence[str], templ
     """``(C, D)``: per class, the normalised mean of its normalised template features."""
     out = []
     for name in classes:
-        texts = [t.format(name) for t in templates]
+        texts = [t.replace("{}", name) for t in templates]  # not format(): other braces stay text
         feats = torch.cat([encoder.encode_text(texts[i:i + batch_size]).features for i in range(0, len(texts), batch_size)])
         out.append(nn.functional.normalize(feats.mean(0), dim=-1))
     return torch.stack(out)

@@ -51,3 +51,15 @@ def test_teacher_is_frozen_and_differentiable_wrt_pixels():
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     teacher.image_features(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_user_templates_with_other_braces_are_text(tmp_path):
+    """A template file may hold braces besides the class slot; they stay literal text."""
+    path = tmp_path / "templates.txt"
+    path.write_text("a {style} photo of a {}.\n# a comment\n\na drawing of a {} {0}\n")
+    templates = load_templates(str(path))
+    assert templates == ["a {style} photo of a {}.", "a drawing of a {} {0}"]
+    teacher = ClipTeacher.load("tiny:clip")
+    feats = class_text_features(teacher.text, ["dog"], ["a {style} photo of a {}."])
+    plain = teacher.text.encode_text(["a {style} photo of a dog."]).features
+    assert torch.allclose(feats, plain, atol=1e-6)
