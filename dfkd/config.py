@@ -29,6 +29,7 @@ from synth.config import SynthConfig
 
 from .configtools import apply_overrides, check, from_dict, load_yaml, to_dict
 from .errors import UserError
+from .runtime import atomic_write_text
 
 RESOLVED_CONFIG_NAME = "config.yaml"
 
@@ -118,8 +119,4 @@ def write_resolved_config(cfg: ExperimentConfig, name: str = RESOLVED_CONFIG_NAM
     if not is_main_process():
         return None
     cfg.out.mkdir(parents=True, exist_ok=True)
-    path = cfg.out / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump_config(cfg), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(cfg.out / name, dump_config(cfg))

@@ -25,8 +25,7 @@ def _say(msg: str) -> None:
 def synth_done(cfg: ExperimentConfig) -> bool:
     """True when the dataset of this config is complete (every planned shard committed, card written)."""
     from synth.plan import check_or_write_state, plan_shards
-    from synth.run import DATASET_DIR
-    from synth.schema import CARD_NAME, DATA_DIR
+    from synth.schema import CARD_NAME, DATA_DIR, DATASET_DIR
     from synth.writer import done_shards
 
     dataset_dir = cfg.out / DATASET_DIR

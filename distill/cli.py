@@ -39,11 +39,12 @@ def run_evaluation(cfg: ExperimentConfig) -> dict:
     """Load the exported student and the teacher, score every domain of eval.data, write the results."""
     from accelerate import Accelerator
 
+    from dfkd.runtime import multi_process_cpu
+
     from .data import read_real
     from .evaluate import evaluate_models, write_eval
     from .export import load_student
     from .teacher import load_teacher
-    from .trainer import multi_process_cpu
 
     e = cfg.eval
     if not e.data:

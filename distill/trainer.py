@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -30,6 +29,8 @@ import torch
 
 from dfkd.config import ExperimentConfig
 from dfkd.errors import UserError
+from dfkd.runtime import multi_process_cpu
+from synth.schema import DATASET_DIR
 
 from .augment import augment, normalize, step_generator
 from .data import (
@@ -151,7 +152,7 @@ def preflight(cfg: ExperimentConfig) -> None:
 def check_inputs(cfg: ExperimentConfig, main_first) -> Inputs:
     """Step 1: every user-fixable error is raised here, before the teacher loads or training starts."""
     student, kind, pre = check_student(cfg)
-    dataset_dir = Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / "dataset"
+    dataset_dir = Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / DATASET_DIR
     with main_first():
         ds = load_synthetic(dataset_dir, cfg.classes)
     resume_dir = find_resume_dir(cfg)
@@ -185,15 +186,6 @@ def make_accelerator(cfg: ExperimentConfig):
     return Accelerator(mixed_precision=d.mixed_precision, gradient_accumulation_steps=d.gradient_accumulation_steps,
                        log_with=resolve_tracker(d.log_with, is_main_process()), project_config=project,
                        cpu=multi_process_cpu())
-
-
-def multi_process_cpu() -> bool:
-    """True for a multi-process launch on a machine without accelerators: Accelerate then needs ``cpu=True`` to
-    join the processes with gloo (else each process silently trains alone)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    xpu = getattr(torch, "xpu", None)
-    has_xpu = bool(xpu is not None and xpu.is_available())
-    return world > 1 and not torch.cuda.is_available() and not has_xpu
 
 
 # ----------------------------------------------------------------------------- 4. data

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from dfkd.errors import UserError
+from dfkd.runtime import atomic_write_text
 
 from .config import PromptsConfig
 from .encoder import EncoderIdentity, StyleTextEncoder, StyleVectors
@@ -94,14 +95,8 @@ def save_style_bank(folder: Path, vectors: torch.Tensor, meta: dict) -> Path:
         "encoder_model_id": meta["encoder"]["model_id"], "embedding_dim": str(meta["encoder"]["embedding_dim"]),
         "seed": str(meta["seed"]), "template": meta["template"]})
     os.replace(tmp, folder / STYLES_FILE)
-    _atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1))
+    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1))
     return folder / STYLES_FILE
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def learn_fingerprint(cfg: PromptsConfig, classes: Sequence[str], seed: int, encoder_id: str) -> dict:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import yaml
+
+from dfkd.runtime import atomic_write_text
 
 from . import schema
 
@@ -112,7 +113,5 @@ def write_card(dataset_dir: Path, cfg, generator_id: str, diagnostics: dict) -> 
     card = render_card(cfg, generator_id, diagnostics, f"dfkd-{content_id(dataset_dir, cfg)}")
     for name, text in ((schema.CARD_NAME, card),
                        ("diagnostics.json", json.dumps(diagnostics, indent=1))):
-        tmp = dataset_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, dataset_dir / name)
+        atomic_write_text(dataset_dir / name, text)
     return dataset_dir / schema.CARD_NAME

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfkd.errors import UserError
+from dfkd.runtime import atomic_write_text
 
 STATE_NAME = ".dfkd_synth.json"  #: hidden: not part of the uploaded dataset
 
@@ -109,8 +110,5 @@ def check_or_write_state(dataset_dir: Path, cfg, overwrite: bool, *, write: bool
 
 def write_state(dataset_dir: Path, cfg) -> None:
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    path = dataset_dir / STATE_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint(cfg), "fields": fingerprint_fields(cfg)}, indent=1),
-                   encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(dataset_dir / STATE_NAME,
+                      json.dumps({"fingerprint": fingerprint(cfg), "fields": fingerprint_fields(cfg)}, indent=1))
