@@ -103,8 +103,9 @@ def total_loss(batch: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, dict[s
 
     The parts stay tensors so that logging them does not force a device sync every step.
     """
-    parts = {name: LOSSES[name](batch, cfg) for name in loss_weights(cfg)}
-    total = sum(w * parts[name] for name, w in loss_weights(cfg).items())
+    weights = loss_weights(cfg)
+    parts = {name: LOSSES[name](batch, cfg) for name in weights}
+    total = sum(w * parts[name] for name, w in weights.items())
     if batch.is_real is not None:
         parts["real_ce"] = real_ce_loss(batch)
         total = total + batch.real_ce_weight * parts["real_ce"]

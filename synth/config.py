@@ -7,6 +7,9 @@ from typing import Literal
 
 from dfkd.configtools import check
 
+#: the cutout augmentations synth.backends.cutouts implements
+AUGMENTATIONS = ("affine", "perspective", "color_jitter", "noise")
+
 
 @dataclass
 class ClipGuidedConfig:
@@ -17,12 +20,14 @@ class ClipGuidedConfig:
     lr: float = 0.1
     cutouts: int = 32
     cut_pow: float = 1.0
-    augmentations: list[str] = field(default_factory=lambda: ["affine", "perspective", "color_jitter", "noise"])
+    augmentations: list[str] = field(default_factory=lambda: list(AUGMENTATIONS))
 
     def validate(self, prefix: str) -> None:
         check(self.iterations >= 1, prefix + "iterations", "must be at least 1")
         check(self.lr > 0, prefix + "lr", "must be positive")
         check(self.cutouts >= 1, prefix + "cutouts", "must be at least 1")
+        unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
+        check(not unknown, prefix + "augmentations", f"has unknown {unknown}; valid: {', '.join(AUGMENTATIONS)}")
 
 
 @dataclass

@@ -17,10 +17,8 @@ import torch
 
 from . import schema
 from .backends import Backend, get_backend
-from .plan import ShardSpec, check_or_write_state, plan_shards
+from .plan import ShardSpec, check_or_write_state, plan_shards, write_state
 from .writer import DatasetWriter, done_shards, remove_stale, to_uint8
-
-DATASET_DIR = "dataset"
 
 
 @dataclass
@@ -35,10 +33,6 @@ class SynthResult:
     num_processes: int = 1
     generation_seconds: float = 0.0  #: steps 4-5 only: prompts, generator, teacher, encoding, writing
 
-    @property
-    def images_per_second(self) -> float:
-        return self.generated / self.seconds if self.seconds > 0 else 0.0
-
 
 def synthesize(cfg, *, state=None) -> SynthResult:
     """Generate every missing (label, index) image of ``cfg`` into ``cfg.out / "dataset"``.
@@ -48,7 +42,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     """
     s = cfg.synth
     state = state or process_state(s.device)
-    dataset_dir = cfg.out / DATASET_DIR
+    dataset_dir = cfg.out / schema.DATASET_DIR
     start = time.perf_counter()
 
     # 1. check inputs that need no model: backend and prompt method, output folder, the shard plan
@@ -67,7 +61,8 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     method = create_prompt_method(cfg, backend)
 
     # 4. this process's share of the pending shards (listed by everyone before anyone writes)
-    pending = [sp for sp in specs if sp.shard_id not in done_shards(dataset_dir / schema.DATA_DIR, specs)]
+    done = done_shards(dataset_dir / schema.DATA_DIR, specs)
+    pending = [sp for sp in specs if sp.shard_id not in done]
     state.wait_for_everyone()
     with state.split_between_processes(pending) as mine:
         mine = list(mine)
@@ -102,7 +97,7 @@ def prepare_output(dataset_dir: Path, cfg, specs: Sequence[ShardSpec], *, main: 
         return
     if clear:
         shutil.rmtree(dataset_dir, ignore_errors=True)
-        check_or_write_state(dataset_dir, cfg, False, write=True)
+        write_state(dataset_dir, cfg)
     remove_stale(dataset_dir / schema.DATA_DIR, specs)
 
 
@@ -125,12 +120,11 @@ def finish_dataset(dataset_dir: Path, cfg, teacher, generator_id: str) -> dict:
 def process_state(device: str):
     """Accelerate's ``PartialState`` (one process when not launched). Without CUDA, a multi-process
     launch must ask for CPU explicitly, or every process would believe it is alone (and do all the work)."""
-    import os
-
     from accelerate import PartialState
 
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return PartialState(cpu=device == "cpu" or (multi and not torch.cuda.is_available()))
+    from dfkd.runtime import multi_process_cpu
+
+    return PartialState(cpu=device == "cpu" or multi_process_cpu())
 
 
 def resolve_device(name: str, state) -> torch.device:
@@ -235,8 +229,7 @@ def regenerate_low(records: list, arrays, conf: torch.Tensor, f, backend: Backen
 
 def render(records, backend: Backend, method, teacher, store_resolution: int):
     """Generate ``records``: (``(B, S, S, 3)`` uint8 stored pixels, ``(B,)`` teacher confidence on those pixels)."""
-    with torch.no_grad():
-        encoding = method.encode(records)
+    encoding = method.encode(records)  # no_grad inside
     images = backend.generate(records, encoding)
     arrays = to_uint8(images, store_resolution)
     stored = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)

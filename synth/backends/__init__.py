@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from dfkd.errors import UserError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from prompts.teacher import DTYPES  # noqa: F401 - re-exported for the backends
 
 _BACKENDS: dict[str, type[Backend]] = {}
 
@@ -63,10 +62,6 @@ def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
 def _import_builtins() -> None:
     from . import clip_guided, diffusion  # noqa: F401 - they register themselves
 
-
-def available_backends() -> list[str]:
-    _import_builtins()
-    return sorted(_BACKENDS)
 
 
 def get_backend(name: str) -> type[Backend]:

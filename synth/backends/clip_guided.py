@@ -121,7 +121,6 @@ class DecoderLatent(Parameterization):
     def __init__(self, resolution: int, model_id: str, dtype: torch.dtype = torch.float32, **_):
         super().__init__()
         self.ae = load_autoencoder(model_id, dtype).eval().requires_grad_(False)
-        self.kind = type(self.ae).__name__
         self.factor = 2 ** (len(self.ae.config.block_out_channels) - 1)
         if resolution % self.factor:
             raise UserError(f"synth.resolution={resolution} cannot be produced by autoencoder '{model_id}' (needs a "

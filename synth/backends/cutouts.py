@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-AUGMENTATIONS = ("affine", "perspective", "color_jitter", "noise")
+from synth.config import AUGMENTATIONS
+
 _NUM_UNIFORMS = 11  # per cutout: size, cx, cy, angle, shear, px, py, brightness, contrast, saturation, noise
 
 

@@ -44,6 +44,7 @@ def test_parse_override_values():
         ("synth.filter.threshold=2", r"'synth.filter.threshold' must be a probability"),
         ("synth.images_per_class.x=1", r"'synth.images_per_class' is a value, not a section"),
         ("distill.loss=3", r"'distill.loss' must be a mapping"),
+        ("synth.clip_guided.augmentations=[affine, blur]", r"'synth.clip_guided.augmentations' has unknown \['blur'\]"),
         ("distill.log_every=0", r"'distill.log_every' must be at least 1"),
         ("distill.num_workers=-1", r"'distill.num_workers' must be >= 0"),
         ("distill.warmup_steps=-3", r"'distill.warmup_steps' must be >= 0"),
