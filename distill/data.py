@@ -138,11 +138,14 @@ def stored_size(ds) -> tuple[int, int]:
     return tuple(decode_image(data).shape[-2:])
 
 
-def decode_all(dataset: torch.utils.data.Dataset, num_workers: int = 0, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every item: ``(N, 3, H, W)`` uint8 and ``(N,)`` int64 labels (CPU)."""
+def decode_all(dataset: torch.utils.data.Dataset, num_workers: int = 0, batch_size: int = 256,
+               show: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode every item: ``(N, 3, H, W)`` uint8 and ``(N,)`` int64 labels (CPU); a progress bar when ``show``."""
+    from tqdm.auto import tqdm
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     images, labels = [], []
-    for x, y, _ in loader:
+    for x, y, _ in tqdm(loader, desc="decode", unit="batch", leave=False, dynamic_ncols=True, disable=not show):
         images.append(x)
         labels.append(y)
     return torch.cat(images), torch.cat(labels).long()

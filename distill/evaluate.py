@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .augment import normalize
 from .config import EvalConfig
@@ -60,7 +61,9 @@ def score_domain(teacher, student, pre: Preprocessing, real: RealImages, ecfg: E
     mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
     counts = torch.zeros(3, dtype=torch.float64, device=device)
-    for images, labels in loader:
+    bar = tqdm(loader, desc=f"eval {real.domain}", unit="batch", leave=False, dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
+    for images, labels in bar:
         x = images.to(device).float() / 255
         labels = labels.to(device)
         if with_teacher:

@@ -204,7 +204,7 @@ def build_train_data(cfg: ExperimentConfig, inputs: Inputs, accelerator) -> Trai
         if inputs.few_shot is not None:
             raise UserError("few-shot training needs the synthetic set in memory; set distill.device_resident=always")
         return TrainData(plan, accelerator.device, dataset=syn, num_workers=d.num_workers)
-    images, labels = decode_all(syn, num_workers=d.num_workers)
+    images, labels = decode_all(syn, num_workers=d.num_workers, show=accelerator.is_local_main_process)
     is_real = torch.zeros(len(labels), dtype=torch.bool)
     if inputs.few_shot is not None:
         real_x, real_y = few_shot_images(inputs.few_shot, d.few_shot.shots, len(cfg.classes), size, cfg.seed)
