@@ -19,13 +19,18 @@ class ClipGuidedConfig:
     iterations: int = 300
     lr: float = 0.1
     cutouts: int = 32
-    cut_pow: float = 1.0
+    cut_pow: float = 1.0  #: cutout side = min_size + (1 - min_size) * u ** cut_pow; < 1 favours large cutouts
+    min_size: float = 0.25  #: the smallest cutout, as a fraction of the image side
+    decay: float = 1.0  #: fourier: amplitudes scale as 1 / frequency ** decay; larger = smoother images
     augmentations: list[str] = field(default_factory=lambda: list(AUGMENTATIONS))
 
     def validate(self, prefix: str) -> None:
         check(self.iterations >= 1, prefix + "iterations", "must be at least 1")
         check(self.lr > 0, prefix + "lr", "must be positive")
         check(self.cutouts >= 1, prefix + "cutouts", "must be at least 1")
+        check(self.cut_pow > 0, prefix + "cut_pow", "must be positive")
+        check(self.decay >= 0, prefix + "decay", "must be >= 0")
+        check(0 < self.min_size <= 1, prefix + "min_size", "must be a fraction of the image side in (0, 1]")
         unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
         check(not unknown, prefix + "augmentations", f"has unknown {unknown}; valid: {', '.join(AUGMENTATIONS)}")
 

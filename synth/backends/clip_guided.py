@@ -166,7 +166,8 @@ class ClipGuidedBackend(Backend):
 
         s = cfg.synth
         name = s.clip_guided.parameterization
-        param = create_parameterization(name, resolution=s.resolution, model_id=s.model, dtype=DTYPES[s.dtype])
+        param = create_parameterization(name, resolution=s.resolution, model_id=s.model, dtype=DTYPES[s.dtype],
+                                       decay=s.clip_guided.decay)
         gen_id = f"clip_guided:{s.model}" if name == "decoder" else f"clip_guided:{name}"
         return cls(teacher, param.to(device), s.clip_guided, resolution=s.resolution, generator_id=gen_id)
 
@@ -193,6 +194,6 @@ class ClipGuidedBackend(Backend):
     def _loss(self, params: torch.Tensor, target: torch.Tensor, generators) -> torch.Tensor:
         c = self.cfg
         views = make_cutouts(self.param.render(params), generators, cutouts=c.cutouts, size=self.teacher.image_size,
-                             cut_pow=c.cut_pow, augmentations=c.augmentations)
+                             cut_pow=c.cut_pow, min_frac=c.min_size, augmentations=c.augmentations)
         feats = self.teacher.image_features(views).view(target.shape[0], c.cutouts, -1)
         return spherical_distance(feats, target).mean(1).sum()
