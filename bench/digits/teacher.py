@@ -1,0 +1,175 @@
+"""A small but real vision-language teacher: a transformers ``CLIPModel`` trained contrastively on
+real MNIST *training* digits rendered in many styles, with web-like captions naming digit and style
+(the loss counts every caption that is true of an image as a positive: UniCL-style image-text InfoNCE).
+
+The image tower is a ViT at 32 px (patch 8); the text tower reads the real OpenAI CLIP BPE vocabulary
+(ids equal ``openai/clip-vit-base-patch32``'s). The result is saved with ``save_pretrained`` and
+loads through the normal ``teacher.model=<folder>``. It is cached by a hash of its recipe (the
+settings below and the source of this file and ``data.py``), so it is trained once per recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import data
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CONTEXT = 32  #: text context length (tokens); captions are short
+
+
+@dataclass
+class TeacherRecipe:
+    steps: int = 700
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    width: int = 128  #: both towers
+    vision_layers: int = 4
+    text_layers: int = 3
+    heads: int = 4
+    patch: int = 8
+    projection: int = 64
+    train_images: int | None = None  #: MNIST training digits used (None = all 60k)
+    seed: int = 0
+
+    def key(self) -> str:
+        here = Path(__file__).parent
+        src = (here / "teacher.py").read_bytes() + (here / "data.py").read_bytes()
+        blob = json.dumps(asdict(self), sort_keys=True).encode() + hashlib.sha256(src).digest()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_model(r: TeacherRecipe):
+    from transformers import CLIPConfig, CLIPModel
+
+    text = {"vocab_size": 49408, "hidden_size": r.width, "intermediate_size": 4 * r.width,
+            "num_hidden_layers": r.text_layers, "num_attention_heads": r.heads, "max_position_embeddings": CONTEXT,
+            "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+    vision = {"hidden_size": r.width, "intermediate_size": 4 * r.width, "num_hidden_layers": r.vision_layers,
+              "num_attention_heads": r.heads, "image_size": data.SIZE, "patch_size": r.patch}
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=r.projection))
+
+
+def make_tokenizer():
+    from dfkd.tiny import make_clip_tokenizer
+
+    return make_clip_tokenizer(model_max_length=CONTEXT)
+
+
+def save_teacher(model, out: Path) -> None:
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    model.save_pretrained(out)
+    proc = CLIPImageProcessor(size={"shortest_edge": data.SIZE}, crop_size={"height": data.SIZE, "width": data.SIZE},
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    CLIPProcessor(image_processor=proc, tokenizer=make_tokenizer()).save_pretrained(out)
+
+
+def positives(labels: torch.Tensor, rendered: data.Rendered, describes_look: list[bool]) -> torch.Tensor:
+    """``(B, B)`` bool: caption ``j`` is true of image ``i`` (same digit, and the same look if ``j`` describes one).
+
+    In a batch of 256 digits most captions are true of many images; counting them as negatives (as
+    plain CLIP does) would punish the model for seeing that two sevens are both "a seven".
+    """
+    same_digit = labels.view(-1, 1) == labels.view(1, -1)
+    keys = [data.style_key(rendered, i) for i in range(len(labels))]
+    ids = {k: n for n, k in enumerate(dict.fromkeys(keys))}
+    key_ids = torch.tensor([ids[k] for k in keys])
+    same_look = (key_ids.view(-1, 1) == key_ids.view(1, -1)) | ~torch.tensor(describes_look).view(1, -1)
+    return same_digit & same_look
+
+
+def contrastive_loss(logits_per_image: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Symmetric image-text InfoNCE with every true caption (image) a positive (UniCL, Yang et al. 2022);
+    with one positive per row it is CLIP's loss."""
+    target = pos.float() / pos.float().sum(1, keepdim=True)
+    loss_i = -(target * logits_per_image.log_softmax(1)).sum(1).mean()
+    target_t = pos.t().float() / pos.t().float().sum(1, keepdim=True)
+    loss_t = -(target_t * logits_per_image.t().log_softmax(1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
+
+
+def train_teacher(r: TeacherRecipe, out: Path, progress: bool = True) -> dict:
+    """Train per ``r`` and save to ``out``; returns a summary (loss curve ends, wall time)."""
+    torch.manual_seed(r.seed)
+    gen = torch.Generator().manual_seed(r.seed)
+    images, labels = data.load_mnist("train")
+    if r.train_images is not None:
+        images, labels = images[: r.train_images], labels[: r.train_images]
+    glyphs = data.glyphs_from_mnist(images)
+    labels_t = torch.from_numpy(labels)
+    photos = data.photo_bank(data.TRAIN_PHOTOS)
+    tok = make_tokenizer()
+    model = build_model(r).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < r.warmup:
+            return (step + 1) / r.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - r.warmup) / max(1, r.steps - r.warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    t0, losses = time.perf_counter(), []
+    bar = tqdm(range(r.steps), desc="digits teacher", disable=not progress, mininterval=5)
+    for _ in bar:
+        idx = torch.randint(len(glyphs), (r.batch_size,), generator=gen)
+        rendered = data.random_style_batch(glyphs[idx], gen, photos)
+        y = labels_t[idx]
+        caps = [data.caption(int(y[i]), rendered, i, gen) for i in range(len(idx))]
+        enc = tok([c for c, _ in caps], padding=True, truncation=True, max_length=CONTEXT, return_tensors="pt")
+        out_ = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                     pixel_values=(rendered.images - mean) / std)
+        loss = contrastive_loss(out_.logits_per_image, positives(y, rendered, [d for _, d in caps]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", refresh=False)
+    model.eval()
+    save_teacher(model, out)
+    return {"first_loss": sum(losses[:20]) / min(20, len(losses)), "last_loss": sum(losses[-20:]) / min(20, len(losses)),
+            "seconds": time.perf_counter() - t0, "steps": r.steps, "batch_size": r.batch_size}
+
+
+def default_cache() -> Path:
+    from dfkd.models import cache_path
+
+    return cache_path("DFKD_CACHE", "dfkd-cache", "cache") / "digits"
+
+
+def ensure_teacher(r: TeacherRecipe, cache: Path | None = None, progress: bool = True) -> tuple[Path, dict, bool]:
+    """The cached teacher folder of recipe ``r`` (trained now when missing): ``(folder, summary, trained_now)``."""
+    cache = Path(cache or default_cache())
+    folder = cache / f"teacher-{r.key()}"
+    meta = folder / "dfkd_recipe.json"
+    if meta.is_file():
+        return folder, json.loads(meta.read_text())["summary"], False
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    summary = train_teacher(r, tmp, progress)
+    (tmp / "dfkd_recipe.json").write_text(json.dumps({"recipe": asdict(r), "summary": summary}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder, summary, True

@@ -1,0 +1,137 @@
+"""The digits benchmark (bench/digits): its real data, its renderings, and a reduced end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fixtures import REPO_ROOT
+
+pytest.importorskip("skimage")
+if not (REPO_ROOT / "bench" / "digits").is_dir():  # pragma: no cover
+    pytest.skip("no bench/digits", allow_module_level=True)
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.digits import data, domains  # noqa: E402
+from bench.digits.run import METHODS  # noqa: E402
+
+
+def test_real_mnist_and_optdigits_load():
+    x, y = data.load_mnist("test")
+    assert x.shape == (10000, 28, 28) and x.dtype.name == "uint8" and y.shape == (10000,)
+    assert sorted(set(y.tolist())) == list(range(10)) and x.max() == 255
+    o, oy = data.load_optdigits("test")
+    assert o.shape == (1797, 8, 8) and o.max() == 16 and sorted(set(oy.tolist())) == list(range(10))
+    g = data.glyphs_from_optdigits(o[:3])
+    assert g.shape == (3, 1, 32, 32) and 0 <= g.min() and g.max() <= 1
+
+
+@pytest.mark.parametrize("style", data.BASE_STYLES)
+def test_render_is_an_image_and_deterministic(style):
+    x, _ = data.load_mnist("test")
+    glyphs = data.glyphs_from_mnist(x[:6])
+    photos = data.photo_bank(data.EVAL_PHOTOS)
+
+    def go(seed):
+        return data.render(glyphs, [style] * 6, torch.Generator().manual_seed(seed), photos,
+                           stroke=["thick", "thin", "normal"] * 2, noisy=[True, False] * 3, blurred=[False, True] * 3)
+
+    a, b, c = go(0), go(0), go(1)
+    assert a.images.shape == (6, 3, 32, 32) and a.images.min() >= 0 and a.images.max() <= 1
+    assert torch.equal(a.images, b.images)
+    assert a.images.std() > 0.05  # not blank
+    assert not torch.equal(a.images, c.images)  # the noise (and colours, crops, paper) follow the seed
+
+
+def test_captions_name_the_digit():
+    x, y = data.load_mnist("train")
+    gen = torch.Generator().manual_seed(0)
+    r = data.random_style_batch(data.glyphs_from_mnist(x[:200]), gen, data.photo_bank(data.TRAIN_PHOTOS))
+    caps = [data.caption(int(y[i]), r, i, gen) for i in range(200)]
+    for i, (c, _) in enumerate(caps):
+        words = c.replace(",", " ").split()
+        assert data.CLASSES[int(y[i])] in words or str(int(y[i])) in words, c
+    assert len(set(caps)) > 120  # varied words, as web captions are
+    assert 0.25 < sum(d for _, d in caps) / len(caps) < 0.55  # 40 % describe the look
+    assert set(r.styles) == set(data.BASE_STYLES)
+    colored = [i for i, (_, d) in enumerate(caps) if d and r.styles[i] == "colored"]
+    assert colored and all(r.fg[i] in caps[i][0] for i in colored)  # a described look is the true look
+
+
+def test_positives_are_the_captions_true_of_an_image():
+    from bench.digits.teacher import contrastive_loss, positives
+
+    x, y = data.load_mnist("train")
+    gen = torch.Generator().manual_seed(1)
+    r = data.random_style_batch(data.glyphs_from_mnist(x[:64]), gen, data.photo_bank(data.TRAIN_PHOTOS))
+    labels = torch.from_numpy(y[:64])
+    describes = [bool(i % 2) for i in range(64)]
+    pos = positives(labels, r, describes)
+    assert pos.diagonal().all()
+    for i in range(64):
+        for j in range(64):
+            expect = labels[i] == labels[j] and (not describes[j] or data.style_key(r, i) == data.style_key(r, j))
+            assert bool(pos[i, j]) == bool(expect)
+    # with one positive per row it is CLIP's symmetric cross-entropy
+    logits = torch.randn(8, 8)
+    clip = (torch.nn.functional.cross_entropy(logits, torch.arange(8))
+            + torch.nn.functional.cross_entropy(logits.t(), torch.arange(8))) / 2
+    assert torch.allclose(contrastive_loss(logits, torch.eye(8, dtype=torch.bool)), clip)
+
+
+def test_eval_photos_are_held_out():
+    assert not set(data.EVAL_PHOTOS) & set(data.TRAIN_PHOTOS)
+
+
+def test_domains_layout_and_stamp(tmp_path):
+    root = domains.build_domains(tmp_path / "dom", per_class=2)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(domains.DOMAINS)
+    for d in domains.DOMAINS:
+        assert sorted(p.name for p in (root / d).iterdir()) == sorted(data.CLASSES)
+        assert all(len(list((root / d / c).glob("*.png"))) == 2 for c in data.CLASSES)
+    images, labels = domains.load_domain(root, "mnist_m")
+    assert images.shape == (20, 3, 32, 32) and labels.bincount().tolist() == [2] * 10
+    mtime = (root / "mnist" / "zero").stat().st_mtime_ns
+    domains.build_domains(root, per_class=2)  # same recipe: kept as is
+    assert (root / "mnist" / "zero").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(tmp_path):
+    """The reduced benchmark: teacher -> domains -> every method's prompts/synth/distill/eval -> results."""
+    env = dict(os.environ, DFKD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO_ROOT))
+    cmd = [sys.executable, "-m", "bench.digits.run", "--smoke", "--out", str(tmp_path / "run"),
+           "--results-dir", str(tmp_path / "results")]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results" / "results.json").read_text())
+    domain_names = set(domains.DOMAINS) | {"mean"}
+    assert set(res["teacher"]) == domain_names
+    assert list(res["students"]) == list(METHODS)
+    for accs in [res["teacher"], *res["students"].values()]:
+        assert set(accs) == domain_names
+        assert all(0 <= v <= 100 for v in accs.values())
+        per_domain = [v for k, v in accs.items() if k != "mean"]
+        assert accs["mean"] == pytest.approx(sum(per_domain) / len(per_domain))
+    for m in METHODS:
+        assert res["synthetic"][m]["images"] == 2 * 10  # the smoke budget, the same for every method
+        assert (tmp_path / "results" / "previews" / f"{m}.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "results" / "RESULTS.md").read_text()
+    assert all(f"`{m}`" in md for m in METHODS) and "teacher (zero-shot CLIP)" in md
+    # the trained teacher loads through the normal from_pretrained path and is cached by its recipe
+    from prompts.teacher import ClipTeacher
+
+    teacher = ClipTeacher.load(str(tmp_path / "run" / "teacher"))
+    assert teacher.image_size == 32 and teacher.text.max_length == 32
+    assert len(list((tmp_path / "cache" / "digits").glob("teacher-*"))) == 1
+    # a second run finds every stage done and rewrites the same numbers
+    again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    res2 = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert res2["students"] == res["students"] and res2["teacher"] == res["teacher"]
+    assert all(v is None for m in METHODS for v in res2["seconds"][m].values())
