@@ -166,3 +166,41 @@ def test_cutouts_shape_and_per_image_randomness():
     assert torch.allclose(out[5:10], alone, atol=1e-6)
     with pytest.raises(UserError, match="valid"):
         make_cutouts(images, gens([1, 2, 3]), cutouts=2, size=8, augmentations=["blur"])
+
+
+def test_cutouts_min_size_bounds_the_crop():
+    """With min_size=1 and no warps every cutout is the whole image (resampled); smaller min_size zooms in."""
+    from synth.backends.cutouts import make_cutouts
+
+    img = torch.rand(1, 3, 16, 16)
+    gens = [torch.Generator().manual_seed(0)]
+    whole = make_cutouts(img, gens, cutouts=3, size=16, min_frac=1.0, augmentations=[])
+    assert torch.allclose(whole, img.expand(3, -1, -1, -1), atol=1e-5)
+    gens = [torch.Generator().manual_seed(0)]
+    zoomed = make_cutouts(img, gens, cutouts=3, size=16, min_frac=0.3, augmentations=[])
+    assert not torch.allclose(zoomed, img.expand(3, -1, -1, -1), atol=1e-3)
+
+
+def test_fourier_decay_makes_smoother_images():
+    from synth.backends.clip_guided import FourierImage
+
+    gens = [torch.Generator().manual_seed(0)]
+    params = torch.randn(1, 3, 16, 9, 2)
+
+    def roughness(decay):
+        x = FourierImage(16, decay=decay).render(params)
+        return float((x[..., 1:, :] - x[..., :-1, :]).abs().mean())
+
+    assert roughness(2.0) < roughness(1.0) < roughness(0.0)
+    assert FourierImage(16, decay=1.5).init(gens).shape == (1, 3, 16, 9, 2)
+
+
+@pytest.mark.parametrize("override, key", [("synth.clip_guided.min_size=0", "min_size"),
+                                           ("synth.clip_guided.decay=-1", "decay"),
+                                           ("synth.clip_guided.cut_pow=0", "cut_pow")])
+def test_clip_guided_refuses_bad_cutout_settings(override, key):
+    from dfkd.config import load_config
+    from fixtures import REPO_ROOT
+
+    with pytest.raises(UserError, match=key):
+        load_config(REPO_ROOT / "configs" / "tiny.yaml", [override])
