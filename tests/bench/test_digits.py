@@ -9,16 +9,12 @@ import sys
 
 import pytest
 import torch
-
 from fixtures import REPO_ROOT
 
-pytest.importorskip("skimage")
-if not (REPO_ROOT / "bench" / "digits").is_dir():  # pragma: no cover
-    pytest.skip("no bench/digits", allow_module_level=True)
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # bench/ is not an installed package
 
-from bench.digits import data, domains  # noqa: E402
-from bench.digits.run import METHODS  # noqa: E402
+from bench.digits import data, domains
+from bench.digits.run import METHODS
 
 
 def test_real_mnist_and_optdigits_load():
@@ -107,7 +103,7 @@ def test_smoke_run_end_to_end(tmp_path):
     env = dict(os.environ, DFKD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO_ROOT))
     cmd = [sys.executable, "-m", "bench.digits.run", "--smoke", "--out", str(tmp_path / "run"),
            "--results-dir", str(tmp_path / "results")]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "results.json").read_text())
     domain_names = set(domains.DOMAINS) | {"mean"}
@@ -130,7 +126,7 @@ def test_smoke_run_end_to_end(tmp_path):
     assert teacher.image_size == 32 and teacher.text.max_length == 32
     assert len(list((tmp_path / "cache" / "digits").glob("teacher-*"))) == 1
     # a second run finds every stage done and rewrites the same numbers
-    again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     res2 = json.loads((tmp_path / "results" / "results.json").read_text())
     assert res2["students"] == res["students"] and res2["teacher"] == res["teacher"]

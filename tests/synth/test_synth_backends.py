@@ -199,8 +199,9 @@ def test_fourier_decay_makes_smoother_images():
                                            ("synth.clip_guided.decay=-1", "decay"),
                                            ("synth.clip_guided.cut_pow=0", "cut_pow")])
 def test_clip_guided_refuses_bad_cutout_settings(override, key):
-    from dfkd.config import load_config
     from fixtures import REPO_ROOT
+
+    from dfkd.config import load_config
 
     with pytest.raises(UserError, match=key):
         load_config(REPO_ROOT / "configs" / "tiny.yaml", [override])
