@@ -53,6 +53,11 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
+def _looks_like_path(model_id: str) -> bool:
+    """True for ids that can only be local paths (``./x``, ``/x``, ``~/x``, ``a/b/c``), never a Hub ``owner/name``."""
+    return model_id.startswith((".", "/", "~")) or model_id.count("/") >= 2 or "\\" in model_id
+
+
 def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: Any) -> Any:
     """``cls.from_pretrained(resolve_model_id(model_id), **kwargs)`` with a one-line error when it cannot load.
 
@@ -67,6 +72,9 @@ def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: A
                 f"cannot load {what} from local folder '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                 "check that it was written with save_pretrained"
             ) from exc
+        if _looks_like_path(model_id):
+            raise UserError(f"cannot load {what} '{model_id}': no such folder (a Hub id is owner/name); "
+                            "check the path, or build it first") from exc
         hint = (
             "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache; download it first "
             f"(`hf download {model_id}`) or pass a local folder"

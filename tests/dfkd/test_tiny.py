@@ -85,3 +85,6 @@ def test_unloadable_model_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="local folder"):
         load_pretrained(CLIPModel, str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="no such folder") as info:
+        load_pretrained(CLIPModel, "runs/digits/not-built")  # two slashes: a path, never a Hub id
+    assert "hf download" not in str(info.value)
