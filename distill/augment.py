@@ -1,4 +1,5 @@
-"""Batched augmentation on the training device: random resized crop + flip (one ``grid_sample``) and colour jitter.
+"""Batched augmentation on the training device: random resized crop + flip (one ``grid_sample``), colour
+jitter, and optionally MixUp / CutMix between the images of the batch.
 
 Random parameters are drawn on the CPU from a :class:`torch.Generator` seeded per (seed, process,
 micro-step), so augmentations are the same on CPU and GPU and a resumed run draws exactly what an
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,13 +71,40 @@ def color_jitter(images: torch.Tensor, strength: float, gen: torch.Generator) ->
     return images.clamp(0, 1)
 
 
+def _beta(alpha: float, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` draws of Beta(alpha, alpha), reproducible from ``gen``."""
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, n)).float()
+
+
+def mix(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """MixUp or CutMix of each image with a random partner in the batch (per-image lambda)."""
+    n = x.shape[0]
+    if n < 2 or (cfg.mixup <= 0 and cfg.cutmix <= 0):
+        return x
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    use_cutmix = cfg.cutmix > 0 and (cfg.mixup <= 0 or bool(torch.rand(1, generator=gen) < 0.5))
+    lam = _beta(cfg.cutmix if use_cutmix else cfg.mixup, n, gen)
+    if not use_cutmix:
+        lam = lam.to(x).view(-1, 1, 1, 1)
+        return lam * x + (1 - lam) * x[perm]
+    h, w = x.shape[-2:]
+    side = (1 - lam).sqrt()  # the pasted box covers 1 - lambda of the area
+    cy, cx = torch.rand(n, generator=gen), torch.rand(n, generator=gen)
+    ys = torch.arange(h).view(1, -1, 1) / h
+    xs = torch.arange(w).view(1, 1, -1) / w
+    inside = ((ys - cy.view(-1, 1, 1)).abs() < side.view(-1, 1, 1) / 2) & (
+        (xs - cx.view(-1, 1, 1)).abs() < side.view(-1, 1, 1) / 2)
+    return torch.where(inside.unsqueeze(1).to(x.device), x[perm], x)
+
+
 def augment(images: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """``(B, 3, H, W)`` uint8 (or float in [0, 1]) on any device -> ``(B, 3, size, size)`` float32 in [0, 1]."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     x = crop_flip_resize(x, size, cfg, gen)
     if cfg.color_jitter > 0:
         x = color_jitter(x, cfg.color_jitter, gen)
-    return x
+    return mix(x, cfg, gen)
 
 
 def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:

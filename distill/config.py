@@ -32,11 +32,16 @@ class AugmentConfig:
     scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
     hflip: bool = True
     color_jitter: float = 0.4  #: strength (brightness, contrast, saturation); 0 turns it off
+    #: MixUp between images of a batch, lambda ~ Beta(mixup, mixup); 0 turns it off. The teacher labels the
+    #: mixed view (online KD), so the student also learns the teacher between the synthetic images.
+    mixup: float = 0.0
+    cutmix: float = 0.0  #: CutMix likewise (a box of another image pasted in); with both on, each batch picks one
 
     def validate(self, prefix: str) -> None:
         check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, prefix + "scale",
               "must be [min, max] with 0 < min <= max <= 1")
         check(self.color_jitter >= 0, prefix + "color_jitter", "must be >= 0")
+        check(self.mixup >= 0 and self.cutmix >= 0, prefix + "mixup", "and cutmix must be >= 0 (0 turns them off)")
 
 
 @dataclass
@@ -107,6 +112,9 @@ class DistillConfig:
         check(self.std is None or all(v > 0 for v in self.std), prefix + "std", "must be positive")
         check(not self.push_to_hub or bool(self.hub_repo), prefix + "hub_repo",
               "must be set (user/name) when distill.push_to_hub=true")
+        mixing = self.augment.mixup > 0 or self.augment.cutmix > 0
+        check(not (mixing and (self.loss.ce > 0 or self.few_shot.shots > 0)), prefix + "augment.mixup",
+              "and cutmix mix images, so hard labels (loss.ce, few_shot) no longer hold; turn one of them off")
 
 
 @dataclass

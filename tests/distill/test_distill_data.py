@@ -45,6 +45,37 @@ def test_augment_off_is_a_plain_resize():
     assert torch.allclose(resize_center_crop(images, 32), images.float() / 255)
 
 
+def test_mixup_and_cutmix_mix_batch_partners():
+    from distill.augment import mix
+
+    x = torch.rand(8, 3, 16, 16)
+    off = AugmentConfig(random_resized_crop=False, hflip=False, color_jitter=0.0)
+    assert mix(x, off, step_generator(0, 0, 0)) is x  # both off: untouched
+    mixup = AugmentConfig(mixup=1.0)
+    a, b = mix(x, mixup, step_generator(0, 0, 3)), mix(x, mixup, step_generator(0, 0, 3))
+    assert torch.equal(a, b) and not torch.allclose(a, x)  # reproducible from (seed, rank, step), and mixed
+    assert a.min() >= x.min() - 1e-6 and a.max() <= x.max() + 1e-6  # convex combinations
+    assert torch.allclose(a.mean(), x.mean(), atol=0.05)
+    cut = mix(x, AugmentConfig(cutmix=1.0), step_generator(0, 0, 4))
+    # every CutMix pixel is the image's own or copied from one partner image at the same position
+    own = (cut == x).all(1)
+    assert own.any() and (~own).any()
+    for i in range(8):
+        pasted = ~own[i]
+        if pasted.any():
+            partners = [j for j in range(8) if torch.equal(cut[i][:, pasted], x[j][:, pasted])]
+            assert partners and partners != [i]
+
+
+def test_mixing_refuses_hard_labels():
+    from dfkd.config import load_config
+    from fixtures import REPO_ROOT
+
+    with pytest.raises(UserError, match="augment.mixup"):
+        load_config(REPO_ROOT / "configs" / "tiny.yaml", ["distill.augment.mixup=1", "distill.loss.ce=1"])
+    assert load_config(REPO_ROOT / "configs" / "tiny.yaml", ["distill.augment.cutmix=1"]).distill.augment.cutmix == 1
+
+
 def test_decoded_synthetic_set(syn_dataset):
     ds = load_synthetic(syn_dataset, TINY_CLASSES)
     size = stored_size(ds)
