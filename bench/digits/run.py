@@ -53,7 +53,7 @@ def run_method(method: str, out: Path, teacher: Path, domains: Path, extra: list
     cfg = load_config(REPO / CONFIG, overrides)
     args = ["--config", str(REPO / CONFIG), *overrides]
     no_eval = [*args, "eval.data=null"]  # distill without its closing evaluation: eval is timed on its own
-    times: dict[str, float | None] = {"prompts": None, "synth": None, "distill": None, "eval": None}
+    times: dict[str, float | str | None] = {"prompts": "not needed", "synth": None, "distill": None, "eval": None}
     print(f"\n=== {method} ===", flush=True)
     if method == "contrastive":  # learn skips a finished style bank itself; time it only when it learns
         bank_there = (run_dir / "prompts" / "contrastive" / "styles.safetensors").is_file()
@@ -95,7 +95,9 @@ def write_results(results_dir: Path, teacher_acc: dict, methods: dict, meta: dic
     (results_dir / "RESULTS.md").write_text(render_markdown(teacher_acc, methods, meta))
 
 
-def _fmt_s(x: float | None) -> str:
+def _fmt_s(x: float | str | None) -> str:
+    if isinstance(x, str):
+        return x
     return "skipped" if x is None else f"{x:.0f} s"
 
 
@@ -141,7 +143,8 @@ effective number of distinct images in a class.
 ## Wall time per stage
 
 Teacher: {_fmt_s(meta['teacher_seconds'])}{' (cached: trained by an earlier run)' if not meta['teacher_trained_now'] else ''};
-evaluation domains: {_fmt_s(meta['domains_seconds'])}. "skipped" = finished by an earlier run, or not needed.
+evaluation domains: {_fmt_s(meta['domains_seconds'])}. "skipped" = finished by an earlier run (the run resumed).
+Only `contrastive` learns its prompts; the other methods need no prompt stage.
 
 | method | prompts | synth | distill | eval |
 |---|---:|---:|---:|---:|

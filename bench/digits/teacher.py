@@ -30,9 +30,9 @@ CONTEXT = 32  #: text context length (tokens); captions are short
 
 @dataclass
 class TeacherRecipe:
-    steps: int = 700
+    steps: int = 800
     batch_size: int = 256
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 0.1
     warmup: int = 50
     width: int = 128  #: both towers
@@ -41,6 +41,7 @@ class TeacherRecipe:
     heads: int = 4
     patch: int = 8
     projection: int = 64
+    logit_scale_init: float = 14.3  #: CLIP's 1/0.07
     train_images: int | None = None  #: MNIST training digits used (None = all 60k)
     seed: int = 0
 
@@ -113,6 +114,8 @@ def train_teacher(r: TeacherRecipe, out: Path, progress: bool = True) -> dict:
     photos = data.photo_bank(data.TRAIN_PHOTOS)
     tok = make_tokenizer()
     model = build_model(r).train()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(r.logit_scale_init))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},

@@ -130,4 +130,4 @@ def test_smoke_run_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     res2 = json.loads((tmp_path / "results" / "results.json").read_text())
     assert res2["students"] == res["students"] and res2["teacher"] == res["teacher"]
-    assert all(v is None for m in METHODS for v in res2["seconds"][m].values())
+    assert all(v in (None, "not needed") for m in METHODS for v in res2["seconds"][m].values())
