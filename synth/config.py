@@ -15,13 +15,15 @@ AUGMENTATIONS = ("affine", "perspective", "color_jitter", "noise")
 class ClipGuidedConfig:
     """The VQGAN-CLIP family (method.md section 4)."""
 
-    parameterization: Literal["decoder", "pixels", "fourier"] = "decoder"  #: decoder = latent of synth.model
+    parameterization: Literal["decoder", "pixels", "fourier", "strokes"] = "decoder"  #: decoder = latent of synth.model
     iterations: int = 300
     lr: float = 0.1
     cutouts: int = 32
     cut_pow: float = 1.0  #: cutout side = min_size + (1 - min_size) * u ** cut_pow; < 1 favours large cutouts
     min_size: float = 0.25  #: the smallest cutout, as a fraction of the image side
     decay: float = 1.0  #: fourier: amplitudes scale as 1 / frequency ** decay; larger = smoother images
+    strokes: int = 4  #: strokes: polylines per image
+    stroke_points: int = 4  #: strokes: control points per polyline
     augmentations: list[str] = field(default_factory=lambda: list(AUGMENTATIONS))
 
     def validate(self, prefix: str) -> None:
@@ -30,6 +32,8 @@ class ClipGuidedConfig:
         check(self.cutouts >= 1, prefix + "cutouts", "must be at least 1")
         check(self.cut_pow > 0, prefix + "cut_pow", "must be positive")
         check(self.decay >= 0, prefix + "decay", "must be >= 0")
+        check(self.strokes >= 1, prefix + "strokes", "must be at least 1")
+        check(self.stroke_points >= 2, prefix + "stroke_points", "must be at least 2 (a stroke needs two ends)")
         check(0 < self.min_size <= 1, prefix + "min_size", "must be a fraction of the image side in (0, 1]")
         unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
         check(not unknown, prefix + "augmentations", f"has unknown {unknown}; valid: {', '.join(AUGMENTATIONS)}")

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             cached / "dfkd_recipe.json").read_text():
         shutil.rmtree(teacher, ignore_errors=True)
         shutil.copytree(cached, teacher)
-    teacher_s = summary["seconds"] if trained_now else None
+    teacher_s = summary["seconds"]  # when cached: the time it took when it was trained
     print(f"bench-digits: teacher {teacher} (contrastive loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f})")
     t0 = time.perf_counter()
     domains = dom.build_domains(out / "domains", per_class=5 if a.smoke else 100)

@@ -7,7 +7,8 @@ augmented cutouts approach each prompt's text feature, with the squared spherica
 * ``decoder``: the latent of a diffusers autoencoder loaded from ``synth.model`` (``VQModel`` with
   straight-through quantisation, or ``AutoencoderKL``);
 * ``pixels``: raw pixels through a sigmoid;
-* ``fourier``: a decorrelated (1/f-scaled) Fourier spectrum through a sigmoid.
+* ``fourier``: a decorrelated (1/f-scaled) Fourier spectrum through a sigmoid;
+* ``strokes``: a few soft polyline strokes over a flat background (line art, as in CLIPDraw).
 
 The loss is summed over images (not averaged) and Adam is element-wise, so image ``i``'s trajectory
 depends only on its own record and seed.
@@ -97,6 +98,46 @@ class FourierImage(Parameterization):
         return torch.sigmoid(x)
 
 
+@register_parameterization("strokes")
+class StrokeImage(Parameterization):
+    """A few soft polyline strokes over a flat background, rendered differentiably (as in CLIPDraw).
+
+    Per image: ``strokes`` polylines of ``points`` control points (through a sigmoid into the image),
+    a width and an RGB colour per stroke, and a background colour; all in one flat vector ``(B, D)``.
+    A prior for line art (digits, sketches, icons) that needs no generator weights.
+    """
+
+    def __init__(self, resolution: int, strokes: int = 4, points: int = 4, **_):
+        super().__init__()
+        self.resolution, self.strokes, self.points = resolution, strokes, points
+        lin = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
+        gy, gx = torch.meshgrid(lin, lin, indexing="ij")
+        self.register_buffer("grid", torch.stack([gx, gy], -1).view(1, 1, 1, -1, 2))  # (1, 1, 1, R*R, 2)
+
+    @property
+    def _sizes(self) -> tuple[int, int, int, int]:
+        s = self.strokes
+        return s * self.points * 2, s, s * 3, 3  # points, widths, colours, background
+
+    def init(self, generators):
+        return _randn(generators, (sum(self._sizes),))
+
+    def render(self, params):
+        b, s, r = params.shape[0], self.strokes, self.resolution
+        pts, widths, colours, background = params.float().split(self._sizes, dim=1)
+        pts = torch.sigmoid(pts).view(b, s, self.points, 1, 2)
+        a, ab = pts[:, :, :-1], pts[:, :, 1:] - pts[:, :, :-1]  # segments (B, S, P-1, 1, 2)
+        t = (((self.grid - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-8)).clamp(0, 1)
+        dist = (self.grid - (a + t.unsqueeze(-1) * ab)).norm(dim=-1).amin(2)  # (B, S, R*R)
+        width = (0.5 + 2.5 * torch.sigmoid(widths)).unsqueeze(-1) / r  # 0.5 .. 3 px half-width
+        alpha = torch.sigmoid((width - dist) * (2.0 * r)).view(b, s, 1, r, r)
+        colours = torch.sigmoid(colours).view(b, s, 3, 1, 1)
+        image = torch.sigmoid(background).view(b, 3, 1, 1).expand(b, 3, r, r)
+        for k in range(s):  # paint strokes in order, each over what is below
+            image = image * (1 - alpha[:, k]) + colours[:, k] * alpha[:, k]
+        return image
+
+
 def load_autoencoder(model_id: str, dtype: torch.dtype):
     """A diffusers ``VQModel`` or ``AutoencoderKL`` by id (class read from its config)."""
     from diffusers import AutoencoderKL, VQModel
@@ -166,8 +207,9 @@ class ClipGuidedBackend(Backend):
 
         s = cfg.synth
         name = s.clip_guided.parameterization
+        c = s.clip_guided
         param = create_parameterization(name, resolution=s.resolution, model_id=s.model, dtype=DTYPES[s.dtype],
-                                       decay=s.clip_guided.decay)
+                                       decay=c.decay, strokes=c.strokes, points=c.stroke_points)
         gen_id = f"clip_guided:{s.model}" if name == "decoder" else f"clip_guided:{name}"
         return cls(teacher, param.to(device), s.clip_guided, resolution=s.resolution, generator_id=gen_id)
 

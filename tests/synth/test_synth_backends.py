@@ -115,7 +115,7 @@ def test_unknown_backend_lists_valid_ones():
 
 
 @pytest.mark.parametrize("param, model", [("decoder", "tiny:vqgan"), ("decoder", "tiny:vae"), ("pixels", "tiny:vqgan"),
-                                          ("fourier", "tiny:vqgan")])
+                                          ("fourier", "tiny:vqgan"), ("strokes", "tiny:vqgan")])
 def test_clip_guided_parameterizations(tmp_path, teacher, param, model):
     cfg = fast_config(tmp_path, *CLIP_GUIDED, f"synth.model={model}", f"synth.clip_guided.parameterization={param}")
     backend = _load(cfg, teacher)
@@ -205,3 +205,19 @@ def test_clip_guided_refuses_bad_cutout_settings(override, key):
 
     with pytest.raises(UserError, match=key):
         load_config(REPO_ROOT / "configs" / "tiny.yaml", [override])
+
+
+def test_strokes_draw_lines_on_a_flat_background():
+    from synth.backends.clip_guided import StrokeImage
+
+    p = StrokeImage(32, strokes=1, points=2)
+    params = torch.zeros(1, 4 + 1 + 3 + 3)
+    params[0, :4] = torch.logit(torch.tensor([0.1, 0.5, 0.9, 0.5]))  # one horizontal line through the middle
+    params[0, 5:8] = 10.0  # white stroke
+    params[0, 8:] = -10.0  # black background
+    img = p.render(params)[0]
+    assert img.shape == (3, 32, 32)
+    assert img[:, 16, 8:24].min() > 0.9 and img[:, 2, :].max() < 0.05 and img[:, 30, :].max() < 0.05
+    params.requires_grad_(True)
+    p.render(params).sum().backward()
+    assert params.grad[0, :4].abs().sum() > 0  # the geometry gets gradients
