@@ -68,8 +68,9 @@ def test_mixup_and_cutmix_mix_batch_partners():
 
 
 def test_mixing_refuses_hard_labels():
-    from dfkd.config import load_config
     from fixtures import REPO_ROOT
+
+    from dfkd.config import load_config
 
     with pytest.raises(UserError, match="augment.mixup"):
         load_config(REPO_ROOT / "configs" / "tiny.yaml", ["distill.augment.mixup=1", "distill.loss.ce=1"])
