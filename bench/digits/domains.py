@@ -66,17 +66,8 @@ def build_domains(root: str | Path, per_class: int | None = 100, seed: int = 123
 
 def _write(folder: Path, images: torch.Tensor, labels: np.ndarray) -> None:
     arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for c, name in enumerate(data.CLASSES):
+    for name in data.CLASSES:
         (folder / name).mkdir(parents=True, exist_ok=True)
     for i, (a, y) in enumerate(zip(arr, labels)):
         Image.fromarray(a).save(folder / data.CLASSES[int(y)] / f"{i:05d}.png")
 
-
-def load_domain(root: str | Path, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images (N, 3, 32, 32) float in [0, 1], labels (N,))`` of one built domain."""
-    xs, ys = [], []
-    for c, name in enumerate(data.CLASSES):
-        for p in sorted((Path(root) / domain / name).glob("*.png")):
-            xs.append(torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1))
-            ys.append(c)
-    return torch.stack(xs).float() / 255.0, torch.tensor(ys)

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from prompts.teacher import CLIP_MEAN, CLIP_STD
+
 from . import data
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONTEXT = 32  #: text context length (tokens); captions are short
 
 

@@ -90,8 +90,13 @@ def test_domains_layout_and_stamp(tmp_path):
     for d in domains.DOMAINS:
         assert sorted(p.name for p in (root / d).iterdir()) == sorted(data.CLASSES)
         assert all(len(list((root / d / c).glob("*.png"))) == 2 for c in data.CLASSES)
-    images, labels = domains.load_domain(root, "mnist_m")
-    assert images.shape == (20, 3, 32, 32) and labels.bincount().tolist() == [2] * 10
+    from PIL import Image
+
+    from distill.data import read_domainbed  # the reader `dfkd eval` uses
+
+    mnist_m = {r.domain: r for r in read_domainbed(root, data.CLASSES)}["mnist_m"]
+    assert len(mnist_m.items) == 20 and torch.tensor(mnist_m.labels).bincount().tolist() == [2] * 10
+    assert Image.open(mnist_m.items[0]).convert("RGB").size == (32, 32)
     mtime = (root / "mnist" / "zero").stat().st_mtime_ns
     domains.build_domains(root, per_class=2)  # same recipe: kept as is
     assert (root / "mnist" / "zero").stat().st_mtime_ns == mtime
