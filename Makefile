@@ -49,7 +49,7 @@ bench: install
 	$(PY) bench/distill_bench.py
 
 # The digits benchmark (bench/digits/run.py): a real, offline data-free distillation on real digits, every prompt
-# method side by side; writes bench/digits/RESULTS.md and results.json. About 40 min on 2 CPU cores; an
+# method side by side; writes bench/digits/RESULTS.md and results.json. About 21 min on 2 CPU cores; an
 # interrupted run resumes (the teacher is cached by its recipe; finished stages are skipped).
 bench-digits: install
 	$(PY) -m bench.digits.run $(BENCH_ARGS)

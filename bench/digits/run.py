@@ -1,6 +1,6 @@
 """The digits benchmark: teacher -> evaluation domains -> (prompts -> synth -> distill -> eval) per prompt method.
 
-    python -m bench.digits.run                 # the full experiment (`make bench-digits`), ~40 min on 2 cores
+    python -m bench.digits.run                 # the full experiment (`make bench-digits`), ~21 min on 2 cores
     python -m bench.digits.run --smoke --out /tmp/d --results-dir /tmp/d   # minutes-scale plumbing check
 
 Every stage runs through the real ``dfkd`` commands (``dfkd prompts learn``, ``dfkd synth``,
