@@ -1,4 +1,4 @@
-"""Model ids: ``tiny:*`` resolves to locally built tiny models, anything else goes to ``from_pretrained``.
+"""Model ids: ``tiny:*`` and ``digits:*`` resolve to locally built models, anything else goes to ``from_pretrained``.
 
 Every place that accepts a model id calls :func:`resolve_model_id` and loads through
 :func:`load_pretrained`, so a Hub id (``openai/clip-vit-base-patch32``), a local folder and
@@ -14,6 +14,9 @@ from typing import Any
 from .errors import UserError
 
 TINY_PREFIX = "tiny:"
+#: OpenAI CLIP's pixel mean and std (RGB, for [0, 1] inputs)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def is_tiny(model_id: str) -> bool:
@@ -35,9 +38,14 @@ def tiny_cache_dir() -> Path:
 
 
 def resolve_model_id(model_id: str) -> str:
-    """``tiny:NAME`` -> the local folder of that tiny model (built on first use); else ``model_id`` unchanged."""
+    """``tiny:NAME`` / ``digits:NAME`` -> the local folder of that model (built on first use and cached, see
+    :mod:`dfkd.tiny` and :mod:`dfkd.digits`); else ``model_id`` unchanged."""
     if not isinstance(model_id, str) or not model_id:
         raise UserError(f"model id {model_id!r} is empty; give a Hub id, a local folder or tiny:clip")
+    if model_id.startswith("digits:"):
+        from . import digits
+
+        return str(digits.ensure(model_id[len(digits.PREFIX):]))
     if not is_tiny(model_id):
         return model_id
     from .tiny import TINY_BUILDERS, ensure_tiny

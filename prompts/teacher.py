@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dfkd.models import CLIP_MEAN, CLIP_STD
+
 from .encoder import StyleTextEncoder
 from .templates import load_templates
 from .zeroshot import ZeroShotHead, build_zero_shot_head
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ClipTeacher(nn.Module):

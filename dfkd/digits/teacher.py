@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +20,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from prompts.teacher import CLIP_MEAN, CLIP_STD
-
+from ..models import CLIP_MEAN, CLIP_STD
 from . import data
 
 CONTEXT = 32  #: text context length (tokens); captions are short
+#: bump when the training code or data of the teacher changes (part of its cache key, with the recipe)
+TEACHER_VERSION = 1
+
+
+def recipe_key(recipe, version: int, *parents: str) -> str:
+    """A 16-hex cache key of a recipe dataclass, its code version and the keys of what it was built on."""
+    blob = json.dumps({"recipe": asdict(recipe), "version": version, "parents": list(parents)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -46,10 +52,7 @@ class TeacherRecipe:
     seed: int = 0
 
     def key(self) -> str:
-        here = Path(__file__).parent
-        src = (here / "teacher.py").read_bytes() + (here / "data.py").read_bytes()
-        blob = json.dumps(asdict(self), sort_keys=True).encode() + hashlib.sha256(src).digest()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return recipe_key(self, TEACHER_VERSION)
 
 
 def build_model(r: TeacherRecipe):
@@ -153,26 +156,3 @@ def train_teacher(r: TeacherRecipe, out: Path, progress: bool = True) -> dict:
     save_teacher(model, out)
     return {"first_loss": sum(losses[:20]) / min(20, len(losses)), "last_loss": sum(losses[-20:]) / min(20, len(losses)),
             "seconds": time.perf_counter() - t0, "steps": r.steps, "batch_size": r.batch_size}
-
-
-def default_cache() -> Path:
-    from dfkd.models import cache_path
-
-    return cache_path("DFKD_CACHE", "dfkd-cache", "cache") / "digits"
-
-
-def ensure_teacher(r: TeacherRecipe, cache: Path | None = None, progress: bool = True) -> tuple[Path, dict, bool]:
-    """The cached teacher folder of recipe ``r`` (trained now when missing): ``(folder, summary, trained_now)``."""
-    cache = Path(cache or default_cache())
-    folder = cache / f"teacher-{r.key()}"
-    meta = folder / "dfkd_recipe.json"
-    if meta.is_file():
-        return folder, json.loads(meta.read_text())["summary"], False
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    summary = train_teacher(r, tmp, progress)
-    (tmp / "dfkd_recipe.json").write_text(json.dumps({"recipe": asdict(r), "summary": summary}, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder, summary, True
