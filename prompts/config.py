@@ -69,6 +69,9 @@ class PromptsConfig:
     mix_words: list[int] = field(default_factory=lambda: [2, 3])  #: Mix-Prompt: words per style, uniform over this list
     mix_alpha: float = 1.0  #: Mix-Prompt: Dirichlet concentration
     random_rescale: bool = False  #: Random-Prompt: rescale to the median row norm of the embedding table
+    #: Random-Prompt (and Contrastive-Prompt's start): statistics over every ordinary token row (vocabulary) or
+    #: over the style dictionary's token rows (dictionary: for an encoder that trained only its captions' rows)
+    random_rows: Literal["vocabulary", "dictionary"] = "vocabulary"
     encoder: str = "auto"  #: text encoder of the style tokens: auto (the generator's), teacher, or a model id
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 

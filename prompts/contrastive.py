@@ -133,7 +133,7 @@ class ContrastiveLearner:
     def __init__(self, encoder: StyleTextEncoder, classes: Sequence[str], cfg: PromptsConfig, seed: int):
         self.encoder, self.classes, self.cfg, self.seed = encoder, list(classes), cfg, int(seed)
         self.c = cfg.contrastive
-        self.stats = EmbeddingStats.of(encoder)
+        self.stats = EmbeddingStats.for_config(cfg, encoder)  # initialised as Random-Prompt
         self.plain = text_features(encoder, [cfg.plain_template.replace("{class_name}", n) for n in self.classes])
 
     def initial_styles(self) -> torch.Tensor:

@@ -234,11 +234,12 @@ class MixPrompt(PromptMethod):
 
 @register_prompt_method("random")
 class RandomPrompt(PromptMethod):
-    """Random-Prompt: ``s ~ N(mu, diag(sigma^2))`` of ``W``'s ordinary tokens (optionally rescaled)."""
+    """Random-Prompt: ``s ~ N(mu, diag(sigma^2))`` of ``W``'s ordinary tokens, or of the style dictionary's
+    tokens with ``prompts.random_rows=dictionary`` (optionally rescaled)."""
 
     def __init__(self, cfg: PromptsConfig, **kwargs):
         super().__init__(cfg, **kwargs)
-        self.stats = EmbeddingStats.of(self.encoder)
+        self.stats = EmbeddingStats.for_config(cfg, self.encoder)
 
     def record(self, label: int, index: int) -> PromptRecord:
         vseed = derive_seed("style", self.name, self.seed, label, index)

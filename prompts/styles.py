@@ -61,10 +61,21 @@ class EmbeddingStats:
 
     @classmethod
     @torch.no_grad()
-    def of(cls, encoder: StyleTextEncoder) -> EmbeddingStats:
-        ids = encoder.ordinary_token_ids().to(encoder.device)
+    def of(cls, encoder: StyleTextEncoder, words: Sequence[str] | None = None) -> EmbeddingStats:
+        """Over every ordinary token (``words=None``), or over the token rows of ``words`` only."""
+        if words is None:
+            ids = encoder.ordinary_token_ids().to(encoder.device)
+        else:
+            ids = torch.tensor(sorted({i for w in words for i in encoder.tokenizer(w, add_special_tokens=False).input_ids}),
+                               device=encoder.device)
         rows = encoder.embedding_table[ids].float()
         return cls(rows.mean(0).cpu(), rows.std(0).cpu(), float(rows.norm(dim=-1).median()))
+
+    @classmethod
+    def for_config(cls, cfg, encoder: StyleTextEncoder) -> EmbeddingStats:
+        """The rows ``cfg.random_rows`` names: ``vocabulary`` (all ordinary tokens) or ``dictionary`` (the
+        style dictionary's tokens: rows a small, caption-trained encoder has certainly trained)."""
+        return cls.of(encoder, load_style_dictionary(cfg.style_dictionary) if cfg.random_rows == "dictionary" else None)
 
 
 def random_styles(stats: EmbeddingStats, count: int, n_tokens: int, seed: int, rescale: bool = False) -> torch.Tensor:

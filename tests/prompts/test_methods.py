@@ -112,6 +112,22 @@ def test_random_vectors_match_the_embedding_table_statistics(encoder, tmp_path):
     assert ((draws.std(0) / sigma - 1).abs() < 0.1).all()
 
 
+def test_random_rows_dictionary_draws_from_the_dictionary_token_rows(encoder, tmp_path):
+    """prompts.random_rows=dictionary: the statistics of the style words' token rows, not the whole table."""
+    words = ["red", "blue", "sketch", "oil painting", "pencil"]
+    (tmp_path / "words.txt").write_text("\n".join(words))
+    method = make("random", encoder, tmp_path, random_rows="dictionary", style_dictionary=str(tmp_path / "words.txt"))
+    ids = sorted({i for w in words for i in encoder.tokenizer(w, add_special_tokens=False).input_ids})
+    rows = encoder.embedding_table[torch.tensor(ids)].double()
+    draws = torch.stack([method.record(i % len(CLASSES), i).style_vector[0] for i in range(3000)]).double()
+    sigma = rows.std(0)
+    assert ((draws.mean(0) - rows.mean(0)).abs() <= 5 * sigma / len(draws) ** 0.5).all()
+    assert ((draws.std(0) / sigma - 1).abs() < 0.1).all()
+    # and not the whole table's statistics
+    everything = encoder.embedding_table[encoder.ordinary_token_ids()].double()
+    assert ((draws.std(0) / everything.std(0) - 1).abs() > 0.1).any()
+
+
 def test_random_rescale_uses_the_median_row_norm(encoder, tmp_path):
     method = make("random", encoder, tmp_path, random_rescale=True, num_style_tokens=3)
     norms = torch.stack([method.record(0, i).style_vector.norm(dim=-1) for i in range(20)])
