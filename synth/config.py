@@ -22,6 +22,7 @@ class ClipGuidedConfig:
     cut_pow: float = 1.0  #: cutout side = min_size + (1 - min_size) * u ** cut_pow; < 1 favours large cutouts
     min_size: float = 0.25  #: the smallest cutout, as a fraction of the image side
     decay: float = 1.0  #: fourier: amplitudes scale as 1 / frequency ** decay; larger = smoother images
+    init_scale: float = 1.0  #: decoder: the random start latent's std, as a fraction of the encoder's latent std
     strokes: int = 4  #: strokes: polylines per image
     stroke_points: int = 4  #: strokes: control points per polyline
     augmentations: list[str] = field(default_factory=lambda: list(AUGMENTATIONS))
@@ -32,6 +33,7 @@ class ClipGuidedConfig:
         check(self.cutouts >= 1, prefix + "cutouts", "must be at least 1")
         check(self.cut_pow > 0, prefix + "cut_pow", "must be positive")
         check(self.decay >= 0, prefix + "decay", "must be >= 0")
+        check(self.init_scale > 0, prefix + "init_scale", "must be positive")
         check(self.strokes >= 1, prefix + "strokes", "must be at least 1")
         check(self.stroke_points >= 2, prefix + "stroke_points", "must be at least 2 (a stroke needs two ends)")
         check(0 < self.min_size <= 1, prefix + "min_size", "must be a fraction of the image side in (0, 1]")

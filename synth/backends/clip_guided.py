@@ -159,7 +159,7 @@ def load_autoencoder(model_id: str, dtype: torch.dtype):
 class DecoderLatent(Parameterization):
     """The latent ``(B, C, R/f, R/f)`` of a VQModel (straight-through quantised) or AutoencoderKL decoder."""
 
-    def __init__(self, resolution: int, model_id: str, dtype: torch.dtype = torch.float32, **_):
+    def __init__(self, resolution: int, model_id: str, dtype: torch.dtype = torch.float32, init_scale: float = 1.0, **_):
         super().__init__()
         self.ae = load_autoencoder(model_id, dtype).eval().requires_grad_(False)
         self.factor = 2 ** (len(self.ae.config.block_out_channels) - 1)
@@ -168,7 +168,9 @@ class DecoderLatent(Parameterization):
                             f"multiple of {self.factor}); use {max(self.factor, resolution // self.factor * self.factor)}")
         self.resolution = resolution
         self.channels = int(self.ae.config.latent_channels)
-        self.latent_scale = 1.0 / float(getattr(self.ae.config, "scaling_factor", 1.0) or 1.0)
+        # N(0, 1) / scaling_factor has the spread of the encoder's latents (SD's convention); init_scale < 1
+        # starts nearer the latent origin (a calmer image) than a random draw of codes all over the image
+        self.latent_scale = init_scale / float(getattr(self.ae.config, "scaling_factor", 1.0) or 1.0)
 
     def init(self, generators):
         side = self.resolution // self.factor
@@ -209,7 +211,8 @@ class ClipGuidedBackend(Backend):
         name = s.clip_guided.parameterization
         c = s.clip_guided
         param = create_parameterization(name, resolution=s.resolution, model_id=s.model, dtype=DTYPES[s.dtype],
-                                       decay=c.decay, strokes=c.strokes, points=c.stroke_points)
+                                       decay=c.decay, strokes=c.strokes, points=c.stroke_points,
+                                       init_scale=c.init_scale)
         gen_id = f"clip_guided:{s.model}" if name == "decoder" else f"clip_guided:{name}"
         return cls(teacher, param.to(device), s.clip_guided, resolution=s.resolution, generator_id=gen_id)
 
