@@ -48,9 +48,10 @@ bench: install
 	$(PY) bench/synth_bench.py
 	$(PY) bench/distill_bench.py
 
-# The digits benchmark (bench/digits/run.py): a real, offline data-free distillation on real digits, every prompt
-# method side by side; writes bench/digits/RESULTS.md and results.json. About 21 min on 2 CPU cores; an
-# interrupted run resumes (the teacher is cached by its recipe; finished stages are skipped).
+# The digits benchmark (bench/digits/run.py): real, offline data-free distillation on real digits. Trains the digits
+# kit once (teacher, VQGAN, text-to-image diffusion; cached by recipe), then every synthesis setting (fourier, vqgan,
+# diffusion) x prompt method x 3 seeds, plus the real and noise bounds; writes bench/digits/RESULTS.md and results.json.
+# An interrupted run resumes. Select with BENCH_ARGS, e.g. BENCH_ARGS="--settings diffusion --methods plain mix".
 bench-digits: install
 	$(PY) -m bench.digits.run $(BENCH_ARGS)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import data
+from dfkd.digits import data
 
 #: domain -> how MNIST test digits are rendered (base style + modifiers); optdigits is separate
 MNIST_DOMAINS = {

@@ -1,12 +1,19 @@
-"""The digits benchmark: teacher -> evaluation domains -> (prompts -> synth -> distill -> eval) per prompt method.
+"""The digits benchmark: kit -> evaluation domains -> (prompts -> synth -> distill -> eval) for every
+synthesis setting x prompt method x seed, plus the ``real`` and ``noise`` bounds.
 
-    python -m bench.digits.run                 # the full experiment (`make bench-digits`), ~21 min on 2 cores
+    python -m bench.digits.run                 # the full experiment (`make bench-digits`)
+    python -m bench.digits.run --settings diffusion --methods plain mix --seeds 0 1 2
     python -m bench.digits.run --smoke --out /tmp/d --results-dir /tmp/d   # minutes-scale plumbing check
 
-Every stage runs through the real ``dfkd`` commands (``dfkd prompts learn``, ``dfkd synth``,
-``dfkd distill``, ``dfkd eval``) on ``configs/digits.yaml``, in this process, with the same image
-budget and seeds for every method. Finished stages are skipped, so an interrupted run resumes.
-Writes ``RESULTS.md``, ``results.json`` and ``previews/<method>.png`` into ``--results-dir``.
+Settings (same teacher, student, distillation recipe and seeds; image budgets differ, see ``SETTINGS``):
+
+* ``fourier``: ``clip_guided`` over a decorrelated Fourier image: no image prior (``configs/digits.yaml``);
+* ``vqgan``: ``clip_guided`` over the latent of the kit's ``VQModel`` decoder (``digits:vqgan``): the paper's
+  VQGAN-CLIP pipeline;
+* ``diffusion``: the kit's text-to-image pipeline (``digits:sd``) with style tokens in its text encoder.
+
+Every stage runs through the real ``dfkd`` commands in this process. Finished stages are skipped, so an
+interrupted run resumes. Writes ``RESULTS.md``, ``results.json`` and ``previews/<setting>-<method>.png``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,12 +30,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/digits.yaml"
 METHODS = ("plain", "handcrafted", "mix", "random", "contrastive")
+SEEDS = (0, 1, 2)
+#: the distillation recipe of every student, bounds included: the same number of steps whatever the set's size
+DISTILL = ["distill.max_steps=200"]
+#: synthesis setting -> (config overrides, what the budget is and why)
+SETTINGS = {
+    "fourier": ([], "40 images per class (Fourier images cost 40 teacher iterations each)"),
+    "vqgan": (["synth.clip_guided.parameterization=decoder", "synth.model=digits:vqgan", "synth.images_per_class=100",
+               "synth.clip_guided.iterations=10", "synth.clip_guided.lr=0.2"],
+              "100 images per class, 10 iterations at lr 0.2 (a decoder iteration costs ~3x a Fourier one)"),
+    "diffusion": (["synth.backend=diffusion", "synth.model=digits:sd", "synth.images_per_class=200", "synth.steps=15",
+                   "synth.guidance_scale=3.0"],
+                  "200 images per class (15 DPM-Solver steps with guidance: cheap per image)"),
+}
+BOUNDS = ("real", "noise")
+BOUND_PER_CLASS = 100
 
-#: the reduced version that runs in the test suite: every stage, tiny budgets
+#: the reduced version that runs in the test suite: every stage, tiny budgets, tiny kit (DFKD_DIGITS_PROFILE=smoke)
 SMOKE_OVERRIDES = [
     "synth.images_per_class=2", "synth.batch_size=20", "synth.clip_guided.iterations=2", "synth.clip_guided.cutouts=2",
-    "synth.shard_size=20", "synth.progress=false", "prompts.contrastive.steps=3", "prompts.contrastive.num_styles=4",
-    "prompts.contrastive.checkpoint_every=3", "distill.epochs=1", "distill.batch_size=10", "distill.checkpointing_steps=100",
+    "synth.shard_size=20", "synth.progress=false", "synth.steps=2", "prompts.contrastive.steps=3",
+    "prompts.contrastive.num_styles=4", "prompts.contrastive.checkpoint_every=3", "distill.max_steps=2",
+    "distill.batch_size=10", "distill.checkpointing_steps=100",
 ]
 
 
@@ -42,171 +66,309 @@ def _dfkd(*argv: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_method(method: str, out: Path, teacher: Path, domains: Path, extra: list[str]) -> dict:
-    """prompts -> synth -> distill -> eval for one method (finished stages skipped); the method's numbers."""
+def _accuracies(run_dir: Path) -> tuple[dict, dict]:
+    ev = json.loads((run_dir / "eval.json").read_text())
+    return ({d["domain"]: d["teacher"] for d in ev["domains"]} | {"mean": ev["mean"]["teacher"]},
+            {d["domain"]: d["student"] for d in ev["domains"]} | {"mean": ev["mean"]["student"]})
+
+
+def run_one(run_dir: Path, overrides: list[str], *, learn: bool, synth: bool = True) -> dict:
+    """prompts -> synth -> distill -> eval in ``run_dir`` (finished stages skipped); numbers and stage times."""
     from dfkd.config import load_config
     from dfkd.pipeline import eval_done, student_done, synth_done
 
-    run_dir = out / method
-    overrides = [f"output_dir={run_dir}", f"prompts.method={method}", f"teacher.model={teacher}",
-                 f"eval.data={domains}", *extra]
+    overrides = [f"output_dir={run_dir}", *overrides]
     cfg = load_config(REPO / CONFIG, overrides)
     args = ["--config", str(REPO / CONFIG), *overrides]
-    no_eval = [*args, "eval.data=null"]  # distill without its closing evaluation: eval is timed on its own
-    times: dict[str, float | str | None] = {"prompts": "not needed", "synth": None, "distill": None, "eval": None}
-    print(f"\n=== {method} ===", flush=True)
-    if method == "contrastive":  # learn skips a finished style bank itself; time it only when it learns
+    times: dict[str, float | str | None] = {"prompts": "not needed", "synth": "not needed", "distill": None,
+                                            "eval": None}
+    if learn:  # learn skips a finished style bank itself; time it only when it learns
         bank_there = (run_dir / "prompts" / "contrastive" / "styles.safetensors").is_file()
         seconds = _dfkd("prompts", "learn", *args)
         times["prompts"] = None if bank_there else seconds
-    if not synth_done(cfg):
-        times["synth"] = _dfkd("synth", *args)
+    if synth:
+        times["synth"] = None if synth_done(cfg) else _dfkd("synth", *args)
     if not student_done(cfg):
-        times["distill"] = _dfkd("distill", *no_eval)
+        times["distill"] = _dfkd("distill", *args, "eval.data=null")  # eval is timed on its own
     if not eval_done(cfg):
         times["eval"] = _dfkd("eval", *args)
-    ev = json.loads((run_dir / "eval.json").read_text())
-    diag = json.loads((run_dir / "dataset" / "diagnostics.json").read_text())
-    return {
-        "teacher": {d["domain"]: d["teacher"] for d in ev["domains"]} | {"mean": ev["mean"]["teacher"]},
-        "student": {d["domain"]: d["student"] for d in ev["domains"]} | {"mean": ev["mean"]["student"]},
-        "images": diag["rows"],
-        "teacher_agreement": 100 * diag["teacher_agreement"],
-        "mean_confidence": diag["mean_confidence"],
-        "diversity": diag["mean_pairwise_cosine_distance"],
-        "vendi": diag["vendi_score"],
-        "seconds": times,
-        "preview": run_dir / "dataset" / "preview.png",
-    }
+    teacher, student = _accuracies(run_dir)
+    out = {"teacher": teacher, "student": student, "seconds": times}
+    if synth:
+        diag = json.loads((run_dir / "dataset" / "diagnostics.json").read_text())
+        out |= {"images": diag["rows"], "teacher_agreement": 100 * diag["teacher_agreement"],
+                "mean_confidence": diag["mean_confidence"], "diversity": diag["mean_pairwise_cosine_distance"],
+                "vendi": diag["vendi_score"], "preview": str(run_dir / "dataset" / "preview.png"),
+                "per_class_agreement": {c: 100 * v["agreement"] for c, v in diag["per_class"].items()}}
+    return out
 
 
-def write_results(results_dir: Path, teacher_acc: dict, methods: dict, meta: dict) -> None:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "previews").mkdir(exist_ok=True)
-    for m, r in methods.items():
-        shutil.copyfile(r["preview"], results_dir / "previews" / f"{m}.png")
-    payload = {"teacher": teacher_acc, "students": {m: r["student"] for m, r in methods.items()},
-               "synthetic": {m: {k: r[k] for k in ("images", "teacher_agreement", "mean_confidence", "diversity", "vendi")}
-                             for m, r in methods.items()},
-               "seconds": {m: r["seconds"] for m, r in methods.items()} | {"teacher": meta["teacher_seconds"],
-                                                                           "domains": meta["domains_seconds"]},
-               "meta": {k: v for k, v in meta.items() if not k.endswith("_seconds")}}
-    (results_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (results_dir / "RESULTS.md").write_text(render_markdown(teacher_acc, methods, meta))
+# ------------------------------------------------------------------------------------------ aggregation
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
 
 
-def _fmt_s(x: float | str | None) -> str:
+def aggregate(runs: list[dict]) -> dict:
+    """Per-domain accuracy and synthetic-set diagnostics over seeds: mean, std, n and the values."""
+    domains = list(runs[0]["student"])
+    agg = {"student": {d: mean_std([r["student"][d] for r in runs]) for d in domains}}
+    for k in ("teacher_agreement", "mean_confidence", "diversity", "vendi"):
+        if k in runs[0]:
+            agg[k] = mean_std([r[k] for r in runs])
+    if "images" in runs[0]:
+        agg["images"] = runs[0]["images"]
+        synth_s = [r["seconds"]["synth"] for r in runs if isinstance(r["seconds"]["synth"], float)]
+        if synth_s:
+            agg["images_per_second"] = statistics.fmean(r["images"] / r["seconds"]["synth"]
+                                                        for r in runs if isinstance(r["seconds"]["synth"], float))
+    agg["seconds"] = {stage: statistics.fmean(s) if (s := [r["seconds"][stage] for r in runs
+                                                          if isinstance(r["seconds"][stage], float)]) else None
+                      for stage in ("prompts", "synth", "distill", "eval")}
+    return agg
+
+
+def compare_to_plain(students: dict) -> dict:
+    """Per setting: each method's mean minus ``plain``'s, and whether the gap exceeds the seed spread
+    (``|gap| > std_method + std_plain``: the conservative reading; only those gaps rank methods)."""
+    out = {}
+    for setting, methods in students.items():
+        if "plain" not in methods:
+            continue
+        p = methods["plain"]["student"]["mean"]
+        out[setting] = {m: {"gap": r["student"]["mean"]["mean"] - p["mean"],
+                            "spread": r["student"]["mean"]["std"] + p["std"],
+                            "exceeds_spread": abs(r["student"]["mean"]["mean"] - p["mean"]) >
+                            r["student"]["mean"]["std"] + p["std"]}
+                        for m, r in methods.items() if m != "plain"}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+def _pm(x: dict, digits: int = 1) -> str:
+    return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}"
+
+
+def _fmt_s(x) -> str:
     if isinstance(x, str):
         return x
     return "skipped" if x is None else f"{x:.0f} s"
 
 
-def render_markdown(teacher_acc: dict, methods: dict, meta: dict) -> str:
-    domains = [d for d in teacher_acc if d != "mean"]
+def render_markdown(res: dict) -> str:
+    meta, teacher = res["meta"], res["teacher"]
+    domains = [d for d in teacher if d != "mean"]
     head = "| model | " + " | ".join(domains) + " | **mean** |\n|---|" + "---:|" * (len(domains) + 1) + "\n"
-    rows = ["| teacher (zero-shot CLIP) | " + " | ".join(f"{teacher_acc[d]:.1f}" for d in domains)
-            + f" | **{teacher_acc['mean']:.1f}** |"]
-    for m, r in methods.items():
-        rows.append(f"| student, `{m}` | " + " | ".join(f"{r['student'][d]:.1f}" for d in domains)
-                    + f" | **{r['student']['mean']:.1f}** |")
+    rows = ["| teacher (zero-shot CLIP) | " + " | ".join(f"{teacher[d]:.1f}" for d in domains)
+            + f" | **{teacher['mean']:.1f}** |"]
+    for b, r in res["bounds"].items():
+        rows.append(f"| bound `{b}` ({BOUND_PER_CLASS * 10} images) | "
+                    + " | ".join(_pm(r["student"][d]) for d in domains) + f" | **{_pm(r['student']['mean'])}** |")
+    for s, methods in res["students"].items():
+        for m, r in methods.items():
+            rows.append(f"| `{s}` `{m}` | " + " | ".join(_pm(r["student"][d]) for d in domains)
+                        + f" | **{_pm(r['student']['mean'])}** |")
     synth_rows = "\n".join(
-        f"| `{m}` | {r['images']} | {r['teacher_agreement']:.1f} | {r['mean_confidence']:.3f} | {r['diversity']:.3f} "
-        f"| {r['vendi']:.2f} |" for m, r in methods.items())
+        f"| `{s}` | `{m}` | {r['images']} | {_pm(r['teacher_agreement'])} | {_pm(r['mean_confidence'], 3)} | "
+        f"{_pm(r['diversity'], 3)} | {_pm(r['vendi'], 2)} | {r.get('images_per_second', float('nan')):.1f} |"
+        for s, methods in res["students"].items() for m, r in methods.items())
     time_rows = "\n".join(
-        f"| `{m}` | {_fmt_s(r['seconds']['prompts'])} | {_fmt_s(r['seconds']['synth'])} | "
-        f"{_fmt_s(r['seconds']['distill'])} | {_fmt_s(r['seconds']['eval'])} |" for m, r in methods.items())
-    grids = "\n".join(f"**`{m}`**\n\n![{m}](previews/{m}.png)\n" for m in methods)
+        f"| `{s}` | `{m}` | " + " | ".join(_fmt_s(r["seconds"][k]) for k in ("prompts", "synth", "distill", "eval"))
+        + " |" for s, methods in res["students"].items() for m, r in methods.items())
+    cmp_rows = "\n".join(
+        f"| `{s}` | `{m}` | {c['gap']:+.1f} | {c['spread']:.1f} | {'yes' if c['exceeds_spread'] else 'no'} |"
+        for s, ms in res["compare_to_plain"].items() for m, c in ms.items())
+    agree = res.get("sd_agreement")
+    agree_txt = ""
+    if agree:
+        agree_txt = ("\n## Is `digits:sd` a real generator?\n\nSamples of \"" + agree["prompt"] + "\" ("
+                     f"{agree['per_class_images']} per class, {agree['settings']}), recognised by the teacher as the "
+                     f"intended class: **{agree['overall']:.1f} %** overall (target: at least 70 %).\n\n| class | "
+                     + " | ".join(agree["per_class"]) + " |\n|---|" + "---:|" * len(agree["per_class"]) + "\n| % | "
+                     + " | ".join(f"{v:.0f}" for v in agree["per_class"].values()) + " |\n")
+    kit_rows = "\n".join(f"| `digits:{n}` | {k.get('seconds', 0) / 60:.1f} min | "
+                         + ", ".join(f"{a} {b:.3g}" if isinstance(b, float) else f"{a} {b}"
+                                     for a, b in k.items() if a not in ("seconds",)) + " |"
+                         for n, k in res["kit"].items())
+    settings = "\n".join(f"- `{s}`: {SETTINGS[s][1]}; overrides `{' '.join(SETTINGS[s][0]) or '(none)'}`"
+                         for s in res["students"])
+    grids = "\n".join(f"**`{s}` `{m}`**\n\n![{s}-{m}](previews/{s}-{m}.png)\n"
+                      for s, methods in res["students"].items() for m in methods)
     return f"""# Digits benchmark: data-free distillation of a CLIP teacher, on real digits
 
-Produced by `{meta['command']}` on {meta['date']} ({meta['machine']}), total wall time
-{meta['total_seconds'] / 60:.1f} min{' (SMOKE settings: numbers mean nothing)' if meta['smoke'] else ''}.
-The student never saw a real image: it was distilled from the teacher on each method's synthetic set only.
+Produced by `{meta['command']}` on {meta['date']} ({meta['machine']}).
+Wall time: {meta['total_seconds'] / 60:.1f} min for this run{meta['wall_note']}.{' **SMOKE settings: numbers mean nothing.**' if meta['smoke'] else ''}
+Seeds {meta['seeds']} for synthesis and distillation; every cell is mean ± std over them.
 
-Accuracy (%) on real evaluation domains (chance: 10 %). The teacher is a `CLIPModel` trained on real
-MNIST *training* digits in many renderings (`bench/digits/teacher.py`); every domain below is built
-from digits it never saw: MNIST *test* digits (`mnist` plain, `mnist_m` over photos the teacher never
-saw, `colored`, `sketch`, `inverted_noisy_blur`) and UCI `optdigits` (other writers and scanner, 8x8).
+Accuracy (%) on real evaluation domains (chance: 10 %). The teacher `digits:clip` is a `CLIPModel` trained on
+real MNIST *training* digits in many renderings; every domain below is built from digits it never saw:
+MNIST *test* digits (`mnist` plain, `mnist_m` over photos the teacher never saw, `colored`, `sketch`,
+`inverted_noisy_blur`) and UCI `optdigits` (other writers and scanner, 8x8). The students never saw a
+real image, except the `real` bound, which is distilled on real renderings of MNIST *training* digits.
 
 {head}{chr(10).join(rows)}
 
+Student `{meta['student']}`, {meta['distill']} for every student (bounds included).
+
+## Which methods beat `plain`
+
+Gap of the mean accuracy to `plain` in the same setting; it ranks methods only where it exceeds the
+spread (sum of the two standard deviations over seeds).
+
+| setting | method | gap (points) | spread | exceeds spread |
+|---|---|---:|---:|---|
+{cmp_rows}
+
+## Settings
+
+{settings}
+{agree_txt}
 ## The synthetic sets
 
-Same budget and seeds for every method: {meta['images_per_class']} images per class, `clip_guided`
-backend ({meta['synth']}). Teacher agreement: % of images the teacher assigns to their intended class;
-diversity: mean pairwise cosine distance of the teacher's image features within a class; Vendi: the
-effective number of distinct images in a class.
+Teacher agreement: % of images the teacher assigns to their intended class; diversity: mean pairwise
+cosine distance of the teacher's image features within a class; Vendi: the effective number of distinct
+images in a class; images/s: synthesis throughput (whole `dfkd synth` command, start-up included).
 
-| method | images | teacher agreement (%) | mean confidence | diversity | Vendi |
-|---|---:|---:|---:|---:|---:|
+| setting | method | images | teacher agreement (%) | mean confidence | diversity | Vendi | images/s |
+|---|---|---:|---:|---:|---:|---:|---:|
 {synth_rows}
 
-## Wall time per stage
+## The digits kit (trained once, cached by recipe)
 
-Teacher: {_fmt_s(meta['teacher_seconds'])}{' (cached: trained by an earlier run)' if not meta['teacher_trained_now'] else ''};
-evaluation domains: {_fmt_s(meta['domains_seconds'])}. "skipped" = finished by an earlier run (the run resumed).
-Only `contrastive` learns its prompts; the other methods need no prompt stage.
+| model | training time | summary |
+|---|---:|---|
+{kit_rows}
 
-| method | prompts | synth | distill | eval |
-|---|---:|---:|---:|---:|
+## Wall time per stage (mean over seeds; "skipped" = finished by an earlier run)
+
+| setting | method | prompts | synth | distill | eval |
+|---|---|---:|---:|---:|---:|
 {time_rows}
 
-## Preview grids (one row per class, `zero` at the top)
+## Preview grids (one row per class, `zero` at the top; seed 0)
 
 {grids}"""
 
 
+# ------------------------------------------------------------------------------------------ main
+def sd_agreement(out: Path, extra: list[str], smoke: bool) -> dict:
+    """Teacher agreement of `digits:sd` samples of "a photo of the digit {class}" (plain method, seed 0)."""
+    per_class = 5 if smoke else 50
+    overrides = [*SETTINGS["diffusion"][0], "prompts.method=plain", "prompts.plain_template=a photo of the digit {class_name}",
+                 f"synth.images_per_class={per_class}", *extra, "seed=0"]
+    run_dir = out / "sd-check"
+    from dfkd.config import load_config
+    from dfkd.pipeline import synth_done
+
+    cfg = load_config(REPO / CONFIG, [f"output_dir={run_dir}", *overrides])
+    if not synth_done(cfg):
+        _dfkd("synth", "--config", str(REPO / CONFIG), f"output_dir={run_dir}", *overrides)
+    diag = json.loads((run_dir / "dataset" / "diagnostics.json").read_text())
+    return {"prompt": "a photo of the digit {class}", "per_class_images": per_class,
+            "settings": f"{cfg.synth.steps} steps, guidance {cfg.synth.guidance_scale}",
+            "overall": 100 * diag["teacher_agreement"],
+            "per_class": {c: 100 * v["agreement"] for c, v in diag["per_class"].items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/digits", help="run folder (teacher, domains, one folder per method)")
+    p.add_argument("--out", default="runs/digits", help="run folder (domains, one folder per setting/method/seed)")
     p.add_argument("--results-dir", default=str(REPO / "bench" / "digits"),
                    help="where RESULTS.md, results.json and previews/ go")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--smoke", action="store_true", help="tiny budgets everywhere (the test suite's version)")
-    p.add_argument("--cache", default=None, help="teacher cache folder (default: $DFKD_CACHE/digits)")
-    p.add_argument("overrides", nargs="*", help="extra config overrides for every method, e.g. synth.images_per_class=30")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--no-bounds", action="store_true", help="skip the real and noise bounds")
+    p.add_argument("--smoke", action="store_true", help="tiny budgets and a tiny kit (the test suite's version)")
+    p.add_argument("overrides", nargs="*", help="extra config overrides for every run, e.g. distill.max_steps=100")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if a.smoke:
+        os.environ["DFKD_DIGITS_PROFILE"] = "smoke"
     os.chdir(REPO)
+    from dfkd import digits
+
+    from . import bounds
     from . import domains as dom
-    from .teacher import TeacherRecipe, ensure_teacher
 
     t_start = time.perf_counter()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    recipe = TeacherRecipe(steps=20, batch_size=32, train_images=2000) if a.smoke else TeacherRecipe()
-    t0 = time.perf_counter()
-    cached, summary, trained_now = ensure_teacher(recipe, Path(a.cache) if a.cache else None)
-    teacher = out / "teacher"
-    if not (teacher / "dfkd_recipe.json").is_file() or (teacher / "dfkd_recipe.json").read_text() != (
-            cached / "dfkd_recipe.json").read_text():
-        shutil.rmtree(teacher, ignore_errors=True)
-        shutil.copytree(cached, teacher)
-    teacher_s = summary["seconds"]  # when cached: the time it took when it was trained
-    print(f"bench-digits: teacher {teacher} (contrastive loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f})")
-    t0 = time.perf_counter()
+    needed = ["clip"] + (["vqgan"] if "vqgan" in a.settings else []) + (["vae", "sd"] if "diffusion" in a.settings else [])
+    built_before = {n: digits.summary(n) is not None for n in needed}
+    kit = {}
+    for n in needed:
+        digits.ensure(n)
+        kit[n] = digits.summary(n)
+    kit_cached_s = sum(kit[n]["seconds"] for n in needed if built_before[n])
     domains = dom.build_domains(out / "domains", per_class=5 if a.smoke else 100)
-    domains_s = time.perf_counter() - t0
-    extra = [*(SMOKE_OVERRIDES if a.smoke else []), *a.overrides]
-    methods = {m: run_method(m, out, teacher, domains, extra) for m in a.methods}
-    teacher_acc = next(iter(methods.values()))["teacher"]
+    extra = [*DISTILL, *(SMOKE_OVERRIDES if a.smoke else []), *a.overrides]
+    common = ["teacher.model=digits:clip", f"eval.data={domains}"]
+    results: dict = {"students": {}, "bounds": {}, "runs": {}}
+    teacher = None
+    if not a.no_bounds:
+        for b in BOUNDS:
+            runs = []
+            for seed in a.seeds:
+                print(f"\n=== bound {b}, seed {seed} ===", flush=True)
+                ds = bounds.write_dataset(out / "bounds" / "data", b, 2 if a.smoke else BOUND_PER_CLASS, seed)
+                runs.append(run_one(out / "bounds" / b / f"seed{seed}",
+                                    [*common, "prompts.method=plain", f"distill.dataset={ds}", *extra, f"seed={seed}"],
+                                    learn=False, synth=False))
+            teacher = runs[0]["teacher"]
+            results["bounds"][b] = aggregate(runs)
+            results["runs"][f"bound-{b}"] = runs
+    for s in a.settings:
+        results["students"][s] = {}
+        for m in a.methods:
+            runs = []
+            for seed in a.seeds:
+                print(f"\n=== {s} / {m} / seed {seed} ===", flush=True)
+                runs.append(run_one(out / s / m / f"seed{seed}",
+                                    [*common, f"prompts.method={m}", *SETTINGS[s][0], *extra, f"seed={seed}"],
+                                    learn=(m == "contrastive")))
+            teacher = runs[0]["teacher"]
+            results["students"][s][m] = aggregate(runs) | {"preview": runs[0]["preview"]}
+            results["runs"][f"{s}-{m}"] = runs
+    if "diffusion" in a.settings:
+        results["sd_agreement"] = sd_agreement(out, extra, a.smoke)
+    results["teacher"] = teacher
+    results["compare_to_plain"] = compare_to_plain(results["students"])
+    results["kit"] = kit
     from dfkd.config import load_config
 
     cfg = load_config(REPO / CONFIG, extra)
-    cg = cfg.synth.clip_guided
-    meta = {
-        "command": "make bench-digits" if not a.smoke and not a.overrides and argv is None else
+    total = time.perf_counter() - t_start
+    results["meta"] = {
+        "command": "make bench-digits" if not a.smoke and argv is None and len(sys.argv) == 1 else
         "python -m bench.digits.run " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
-        "smoke": a.smoke, "images_per_class": cfg.synth.images_per_class,
-        "synth": f"{cg.parameterization} parameterisation, {cg.iterations} iterations, {cg.cutouts} cutouts",
-        "teacher_recipe": summary | {"recipe_key": recipe.key()}, "teacher_trained_now": trained_now,
-        "teacher_seconds": teacher_s, "domains_seconds": domains_s,
-        "total_seconds": time.perf_counter() - t_start,
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU", "smoke": a.smoke,
+        "seeds": a.seeds, "student": cfg.distill.student, "distill": f"{cfg.distill.max_steps} steps of batch "
+        f"{cfg.distill.batch_size}, KD at T={cfg.distill.loss.temperature}", "total_seconds": total,
+        "kit_cached_seconds": kit_cached_s,
+        "wall_note": (f"; the kit models {', '.join(n for n in needed if built_before[n])} were cached by an earlier "
+                      f"run, whose training took {kit_cached_s / 60:.1f} min more (fresh total "
+                      f"{(total + kit_cached_s) / 60:.1f} min)") if kit_cached_s else " from empty caches",
     }
-    write_results(Path(a.results_dir), teacher_acc, methods, meta)
+    write_results(Path(a.results_dir), results)
     print(f"\nbench-digits: wrote {Path(a.results_dir) / 'RESULTS.md'} and results.json")
-    print(render_markdown(teacher_acc, methods, meta).split("## The synthetic sets")[0])
+    print(render_markdown(results).split("## Which methods")[0])
     return 0
+
+
+def write_results(results_dir: Path, res: dict) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    previews = results_dir / "previews"
+    shutil.rmtree(previews, ignore_errors=True)
+    previews.mkdir()
+    for s, methods in res["students"].items():
+        for m, r in methods.items():
+            shutil.copyfile(r.pop("preview"), previews / f"{s}-{m}.png")
+    for runs in res["runs"].values():
+        for r in runs:
+            r.pop("preview", None)
+    (results_dir / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (results_dir / "RESULTS.md").write_text(render_markdown(res))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from fixtures import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))  # bench/ is not an installed package
 
-from bench.digits import data, domains
-from bench.digits.run import METHODS
+from bench.digits import domains
+from dfkd.digits import data
 
 
 def test_real_mnist_and_optdigits_load():
@@ -60,7 +60,7 @@ def test_captions_name_the_digit():
 
 
 def test_positives_are_the_captions_true_of_an_image():
-    from bench.digits.teacher import contrastive_loss, positives
+    from dfkd.digits.teacher import contrastive_loss, positives
 
     x, y = data.load_mnist("train")
     gen = torch.Generator().manual_seed(1)
@@ -104,35 +104,48 @@ def test_domains_layout_and_stamp(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path):
-    """The reduced benchmark: teacher -> domains -> every method's prompts/synth/distill/eval -> results."""
+    """The reduced benchmark: smoke kit -> domains -> bounds -> settings x methods x seeds -> results."""
     env = dict(os.environ, DFKD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO_ROOT))
+    methods, seeds = ["plain", "contrastive"], ["0", "1"]
     cmd = [sys.executable, "-m", "bench.digits.run", "--smoke", "--out", str(tmp_path / "run"),
-           "--results-dir", str(tmp_path / "results")]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+           "--results-dir", str(tmp_path / "results"), "--methods", *methods, "--seeds", *seeds]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "results.json").read_text())
     domain_names = set(domains.DOMAINS) | {"mean"}
     assert set(res["teacher"]) == domain_names
-    assert list(res["students"]) == list(METHODS)
-    for accs in [res["teacher"], *res["students"].values()]:
+    assert list(res["students"]) == ["fourier", "vqgan", "diffusion"] and list(res["bounds"]) == ["real", "noise"]
+    cells = [*res["bounds"].values(), *(r for ms in res["students"].values() for r in ms.values())]
+    for cell in cells:
+        accs = cell["student"]
         assert set(accs) == domain_names
-        assert all(0 <= v <= 100 for v in accs.values())
-        per_domain = [v for k, v in accs.items() if k != "mean"]
-        assert accs["mean"] == pytest.approx(sum(per_domain) / len(per_domain))
-    for m in METHODS:
-        assert res["synthetic"][m]["images"] == 2 * 10  # the smoke budget, the same for every method
-        assert (tmp_path / "results" / "previews" / f"{m}.png").read_bytes()[:4] == b"\x89PNG"
+        for v in accs.values():  # mean and std over the seeds, from the per-seed values
+            assert v["n"] == 2 and all(0 <= x <= 100 for x in v["values"])
+            assert v["mean"] == pytest.approx(sum(v["values"]) / 2)
+            assert v["std"] == pytest.approx(abs(v["values"][0] - v["values"][1]) / 2 ** 0.5)
+    for runs in res["runs"].values():  # per run: the mean over domains is the average of the domains
+        for r in runs:
+            per_domain = [v for k, v in r["student"].items() if k != "mean"]
+            assert r["student"]["mean"] == pytest.approx(sum(per_domain) / len(per_domain))
+    for s, ms in res["students"].items():
+        assert list(ms) == methods
+        for m in methods:
+            assert ms[m]["images"] == 2 * 10  # the smoke budget, the same for every method of a setting
+            assert (tmp_path / "results" / "previews" / f"{s}-{m}.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(res["compare_to_plain"]["diffusion"]) == {"contrastive"}
+    assert set(res["sd_agreement"]["per_class"]) == set(data.CLASSES)
     md = (tmp_path / "results" / "RESULTS.md").read_text()
-    assert all(f"`{m}`" in md for m in METHODS) and "teacher (zero-shot CLIP)" in md
-    # the trained teacher loads through the normal from_pretrained path and is cached by its recipe
+    assert "teacher (zero-shot CLIP)" in md and "`diffusion` `contrastive`" in md and "bound `real`" in md
+    # each kit model is cached once under its recipe key, and loads through the normal from_pretrained path
     from prompts.teacher import ClipTeacher
 
-    teacher = ClipTeacher.load(str(tmp_path / "run" / "teacher"))
+    for name in ("clip", "vqgan", "vae", "sd"):
+        assert len(list((tmp_path / "cache" / "digits").glob(f"{name}-*-smoke"))) == 1, name
+    teacher = ClipTeacher.load(str(next((tmp_path / "cache" / "digits").glob("clip-*"))))
     assert teacher.image_size == 32 and teacher.text.max_length == 32
-    assert len(list((tmp_path / "cache" / "digits").glob("teacher-*"))) == 1
     # a second run finds every stage done and rewrites the same numbers
     again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     res2 = json.loads((tmp_path / "results" / "results.json").read_text())
-    assert res2["students"] == res["students"] and res2["teacher"] == res["teacher"]
-    assert all(v in (None, "not needed") for m in METHODS for v in res2["seconds"][m].values())
+    assert res2["students"] == res["students"] and res2["bounds"] == res["bounds"]
+    assert all(v in (None, "not needed") for runs in res2["runs"].values() for r in runs for v in r["seconds"].values())
