@@ -263,7 +263,7 @@ def train_diffusion(r: DiffusionRecipe, out: Path, teacher_dir: Path, vae_dir: P
     latent_size = mean.shape[-1]
     unet = build_unet(r, latent_size, text.config.hidden_size).train()
     noise_sched = DDPMScheduler(num_train_timesteps=r.train_timesteps, beta_schedule="squaredcos_cap_v2",
-                                clip_sample=False)
+                                clip_sample=False, steps_offset=1)
     opt = torch.optim.AdamW(unet.parameters(), lr=r.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, r.steps))
     gen = torch.Generator().manual_seed(r.seed)
