@@ -292,7 +292,9 @@ def train_diffusion(r: DiffusionRecipe, out: Path, teacher_dir: Path, vae_dir: P
     tok.model_max_length = int(text.config.max_position_embeddings)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=tok, unet=unet.eval(),
-        scheduler=DPMSolverMultistepScheduler.from_config(noise_sched.config),
+        # "leading" spacing with steps_offset=1 (SD 1.x's) starts at t=901, not 999: the cosine schedule's last
+        # alpha_bar is ~1e-9, where predicting x0 from epsilon divides by ~0 and the sample explodes
+        scheduler=DPMSolverMultistepScheduler.from_config(noise_sched.config, timestep_spacing="leading"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out)
     return {"first_loss": float(np.mean(losses[:50])), "last_loss": float(np.mean(losses[-50:])), "steps": r.steps,
