@@ -131,8 +131,8 @@ def aggregate(runs: list[dict]) -> dict:
             agg["images_per_second"] = statistics.fmean(r["images"] / r["seconds"]["synth"]
                                                         for r in runs if isinstance(r["seconds"]["synth"], float))
     agg["seconds"] = {stage: statistics.fmean(s) if (s := [r["seconds"][stage] for r in runs
-                                                          if isinstance(r["seconds"][stage], float)]) else None
-                      for stage in ("prompts", "synth", "distill", "eval")}
+                                                          if isinstance(r["seconds"][stage], float)])
+                      else runs[0]["seconds"][stage] for stage in ("prompts", "synth", "distill", "eval")}
     return agg
 
 
@@ -206,6 +206,7 @@ def render_markdown(res: dict) -> str:
 
 Produced by `{meta['command']}` on {meta['date']} ({meta['machine']}).
 Wall time: {meta['total_seconds'] / 60:.1f} min for this run{meta['wall_note']}.{' **SMOKE settings: numbers mean nothing.**' if meta['smoke'] else ''}
+{meta['remark']}
 Seeds {meta['seeds']} for synthesis and distillation; every cell is mean ± std over them.
 
 Accuracy (%) on real evaluation domains (chance: 10 %). The teacher `digits:clip` is a `CLIPModel` trained on
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--no-bounds", action="store_true", help="skip the real and noise bounds")
     p.add_argument("--smoke", action="store_true", help="tiny budgets and a tiny kit (the test suite's version)")
+    p.add_argument("--remark", default="", help="a sentence for RESULTS.md about how this run was made")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run, e.g. distill.max_steps=100")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -362,12 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     stage_s = sum(v for runs in results["runs"].values() for r in runs for v in r["seconds"].values()
                   if isinstance(v, float)) + results.get("sd_agreement", {}).get("seconds", 0.0)
     results["meta"] = {
-        "command": "make bench-digits" if not a.smoke and argv is None and len(sys.argv) == 1 else
-        "python -m bench.digits.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "make bench-digits" if not a.smoke and len(shown := _shown_args(argv)) == 0 else
+        "python -m bench.digits.run " + " ".join(shown),
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU", "smoke": a.smoke,
         "seeds": a.seeds, "student": cfg.distill.student, "distill": f"{cfg.distill.max_steps} steps of batch "
         f"{cfg.distill.batch_size}, KD at T={cfg.distill.loss.temperature}", "total_seconds": total,
-        "kit_seconds": kit_s, "stage_seconds": stage_s, "kit_built_now": [n for n in needed if not built_before[n]],
+        "remark": a.remark, "kit_seconds": kit_s, "stage_seconds": stage_s, "kit_built_now": [n for n in needed if not built_before[n]],
         "wall_note": (f". From empty caches it costs the kit's training ({kit_s / 60:.1f} min) plus every stage's "
                       f"measured time ({stage_s / 60:.1f} min, summed over all runs, bounds and the sd check included): "
                       f"{(kit_s + stage_s) / 60:.1f} min"),
@@ -376,6 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbench-digits: wrote {Path(a.results_dir) / 'RESULTS.md'} and results.json")
     print(render_markdown(results).split("## Which methods")[0])
     return 0
+
+
+def _shown_args(argv: list[str] | None) -> list[str]:
+    """The command-line arguments that change what runs (``--remark`` and its text left out)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--remark" in args:
+        i = args.index("--remark")
+        del args[i:i + 2]
+    return [x for x in args if not x.startswith("--remark=")]
 
 
 def write_results(results_dir: Path, res: dict) -> None:
