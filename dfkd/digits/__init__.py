@@ -26,7 +26,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -44,7 +44,6 @@ class Component:
     loads_with: str  #: the class whose ``from_pretrained`` must load the folder
     parents: tuple[str, ...] = ()
     seen: str = ""  #: what data it saw (its card says so)
-    extra: dict = field(default_factory=dict)
 
 
 #: ``DFKD_DIGITS_PROFILE=smoke`` trains every model on a tiny budget (tests only: meaningless models)
