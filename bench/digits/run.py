@@ -363,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
     stage_s = sum(v for runs in results["runs"].values() for r in runs for v in r["seconds"].values()
                   if isinstance(v, float)) + results.get("sd_agreement", {}).get("seconds", 0.0)
+    shown = _shown_args(argv)
     results["meta"] = {
-        "command": "make bench-digits" if not a.smoke and len(shown := _shown_args(argv)) == 0 else
-        "python -m bench.digits.run " + " ".join(shown),
+        "command": "make bench-digits" if not a.smoke and not shown else "python -m bench.digits.run " + " ".join(shown),
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU", "smoke": a.smoke,
         "seeds": a.seeds, "student": cfg.distill.student, "distill": f"{cfg.distill.max_steps} steps of batch "
         f"{cfg.distill.batch_size}, KD at T={cfg.distill.loss.temperature}", "total_seconds": total,
