@@ -113,7 +113,7 @@ def check_requirements() -> None:
 
 def key(name: str) -> str:
     """The cache key of kit model ``name`` (recipe, version, and its parents' keys)."""
-    from .teacher import recipe_key
+    from .training import recipe_key
 
     c = _components()[name]
     return recipe_key(c.recipe, c.version, *(f"{p}-{key(p)}" for p in c.parents))

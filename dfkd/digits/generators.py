@@ -19,7 +19,6 @@ rendered from MNIST *training* digits over :data:`data.TRAIN_PHOTOS`, and the la
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from . import data
+from .training import optimizer_step, warmup_cosine
 
 HELD_OUT = 1000  #: the last MNIST *training* digits: never trained on, used to measure reconstruction
 
@@ -74,15 +74,6 @@ def render_pool(n: int, seed: int, *, photo_fraction: float = 0.0, held_out: boo
         caps += batch_caps
         out.append((x * 255).round().to(torch.uint8))
     return Pool(torch.cat(out), caps)
-
-
-def _lr_lambda(warmup: int, steps: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    return f
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -142,7 +133,7 @@ def train_autoencoder(r: AutoencoderRecipe, out: Path, progress: bool = True) ->
     held = render_pool(512, r.seed + 1, held_out=True, progress=False)
     model = build_autoencoder(r).train()
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, r.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(50, r.steps))
     gen = torch.Generator().manual_seed(r.seed)
     usage = torch.zeros(r.codebook)
     losses: list[float] = []
@@ -156,13 +147,7 @@ def train_autoencoder(r: AutoencoderRecipe, out: Path, progress: bool = True) ->
         else:
             rec, kl, _ = _kl_forward(model, x, gen)
             reg = r.kl_weight * kl
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + reg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(F.l1_loss(rec, x) + F.mse_loss(rec, x) + reg, model.parameters(), opt, sched))
         if r.kind == "vq" and (step + 1) % 100 == 0 and step < r.steps * 0.8:
             _restart_dead_codes(model, usage, h, gen)
             usage.zero_()
@@ -265,7 +250,7 @@ def train_diffusion(r: DiffusionRecipe, out: Path, teacher_dir: Path, vae_dir: P
     noise_sched = DDPMScheduler(num_train_timesteps=r.train_timesteps, beta_schedule="squaredcos_cap_v2",
                                 clip_sample=False, steps_offset=1)
     opt = torch.optim.AdamW(unet.parameters(), lr=r.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, r.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(100, r.steps))
     gen = torch.Generator().manual_seed(r.seed)
     empty = encode_captions(text, tok, [""])
     snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
@@ -282,12 +267,7 @@ def train_diffusion(r: DiffusionRecipe, out: Path, teacher_dir: Path, vae_dir: P
         t = torch.randint(0, r.train_timesteps, (r.batch_size,), generator=gen)
         pred = unet(noise_sched.add_noise(z0, noise, t), t, encoder_hidden_states=cond).sample
         loss = (F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3)) * weight[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(loss, unet.parameters(), opt, sched))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
     tok.model_max_length = int(text.config.max_position_embeddings)
     pipe = StableDiffusionPipeline(

@@ -4,17 +4,15 @@ real MNIST *training* digits rendered in many styles, with web-like captions nam
 
 The image tower is a ViT at 32 px (patch 8); the text tower reads the real OpenAI CLIP BPE vocabulary
 (ids equal ``openai/clip-vit-base-patch32``'s). The result is saved with ``save_pretrained`` and
-loads through the normal ``teacher.model=<folder>``. It is cached by a hash of its recipe (the
-settings below and the source of this file and ``data.py``), so it is trained once per recipe.
+loads through the normal ``teacher.model=<folder>`` (or ``digits:clip``). It is cached by a hash of its
+recipe and :data:`TEACHER_VERSION` (see :mod:`dfkd.digits`), so it is trained once per recipe.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,16 +20,11 @@ from tqdm.auto import tqdm
 
 from ..models import CLIP_MEAN, CLIP_STD
 from . import data
+from .training import optimizer_step, recipe_key, warmup_cosine
 
 CONTEXT = 32  #: text context length (tokens); captions are short
 #: bump when the training code or data of the teacher changes (part of its cache key, with the recipe)
 TEACHER_VERSION = 1
-
-
-def recipe_key(recipe, version: int, *parents: str) -> str:
-    """A 16-hex cache key of a recipe dataclass, its code version and the keys of what it was built on."""
-    blob = json.dumps({"recipe": asdict(recipe), "version": version, "parents": list(parents)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -123,13 +116,7 @@ def train_teacher(r: TeacherRecipe, out: Path, progress: bool = True) -> dict:
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, betas=(0.9, 0.98))
-
-    def lr_at(step: int) -> float:
-        if step < r.warmup:
-            return (step + 1) / r.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - r.warmup) / max(1, r.steps - r.warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(r.warmup, r.steps))
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     t0, losses = time.perf_counter(), []
@@ -143,14 +130,9 @@ def train_teacher(r: TeacherRecipe, out: Path, progress: bool = True) -> dict:
         out_ = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                      pixel_values=(rendered.images - mean) / std)
         loss = contrastive_loss(out_.logits_per_image, positives(y, rendered, [d for _, d in caps]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        losses.append(optimizer_step(loss, model.parameters(), opt, sched))
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", refresh=False)
     model.eval()
     save_teacher(model, out)
