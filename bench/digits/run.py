@@ -12,13 +12,14 @@ Settings (same teacher, student, distillation recipe and seeds; image budgets di
   VQGAN-CLIP pipeline;
 * ``diffusion``: the kit's text-to-image pipeline (``digits:sd``) with style tokens in its text encoder.
 
-Every stage runs through the real ``dfkd`` commands in this process. Finished stages are skipped, so an
-interrupted run resumes. Writes ``RESULTS.md``, ``results.json`` and ``previews/<setting>-<method>.png``.
+Every stage runs through the real ``dfkd`` commands, in ``--jobs`` worker processes (one per core by default,
+see ``jobs.py``; logs in ``<out>/logs``). Finished stages are skipped, so an interrupted run resumes. Writes ``RESULTS.md``, ``results.json`` and ``previews/<setting>-<method>.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -75,7 +76,7 @@ def _accuracies(run_dir: Path) -> tuple[dict, dict]:
             {d["domain"]: d["student"] for d in ev["domains"]} | {"mean": ev["mean"]["student"]})
 
 
-def run_one(run_dir: Path, overrides: list[str], *, learn: bool, synth: bool = True) -> dict:
+def run_one(run_dir: Path, overrides: list[str], learn: bool, synth: bool = True) -> dict:
     """prompts -> synth -> distill -> eval in ``run_dir`` (finished stages skipped); numbers and stage times."""
     from dfkd.config import load_config
     from dfkd.pipeline import eval_done, student_done, synth_done
@@ -293,6 +294,50 @@ def sd_agreement(out: Path, extra: list[str], smoke: bool) -> dict:
             "per_class": {c: 100 * v["agreement"] for c, v in diag["per_class"].items()}}
 
 
+def kit_task(name: str) -> dict:
+    """Build (or find) kit model ``name``; its training summary."""
+    from dfkd import digits
+
+    digits.ensure(name)
+    return digits.summary(name)
+
+
+def bound_task(out: Path, kind: str, seed: int, per_class: int, common: list[str], extra: list[str]) -> dict:
+    """The ``kind`` bound for one seed: its dataset written, then distil and evaluate."""
+    from . import bounds
+
+    ds = bounds.write_dataset(out / "bounds" / "data", kind, per_class, seed)
+    return run_one(out / "bounds" / kind / f"seed{seed}",
+                   [*common, "prompts.method=plain", f"distill.dataset={ds}", *extra, f"seed={seed}"],
+                   learn=False, synth=False)
+
+
+def plan(a: argparse.Namespace, out: Path, domains: Path, extra: list[str]) -> tuple[list, list[str]]:
+    """Every task of the run (kit, bounds, settings x methods x seeds, the sd check), in priority order."""
+    from .jobs import Task
+
+    me = importlib.import_module("bench.digits.run")  # tasks must pickle by their module's real name
+    needed = ["clip"] + (["vqgan"] if "vqgan" in a.settings else []) + (["vae", "sd"] if "diffusion" in a.settings else [])
+    parents = {"sd": ("kit-clip", "kit-vae")}
+    # the longest chain (clip -> sd) first; vqgan fills the core that the vae frees
+    kit_order = [n for n in ("clip", "vae", "sd", "vqgan") if n in needed]
+    tasks = [Task(f"kit-{n}", me.kit_task, (n,), parents.get(n, ()), f"build digits:{n}") for n in kit_order]
+    common = ["teacher.model=digits:clip", f"eval.data={domains}"]
+    setting_kit = {"fourier": ("kit-clip",), "vqgan": ("kit-clip", "kit-vqgan"), "diffusion": ("kit-clip", "kit-sd")}
+    if not a.no_bounds:
+        tasks += [Task(f"bound-{b}-seed{seed}", me.bound_task,
+                       (out, b, seed, 2 if a.smoke else BOUND_PER_CLASS, common, extra), ("kit-clip",),
+                       f"bound {b}, seed {seed}") for b in BOUNDS for seed in a.seeds]
+    for s in a.settings:
+        tasks += [Task(f"{s}-{m}-seed{seed}", me.run_one,
+                       (out / s / m / f"seed{seed}", [*common, f"prompts.method={m}", *SETTINGS[s][0], *extra,
+                                                      f"seed={seed}"], m == "contrastive"),
+                       setting_kit[s], f"{s} / {m} / seed {seed}") for m in a.methods for seed in a.seeds]
+    if "diffusion" in a.settings:
+        tasks.append(Task("sd-check", me.sd_agreement, (out, extra, a.smoke), ("kit-sd",), "sd agreement check"))
+    return tasks, needed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/digits", help="run folder (domains, one folder per setting/method/seed)")
@@ -302,60 +347,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--no-bounds", action="store_true", help="skip the real and noise bounds")
+    p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
+                   help="worker processes, each with cores/jobs torch threads (default: one per core, at most 8; "
+                   "1 runs everything in this process)")
     p.add_argument("--smoke", action="store_true", help="tiny budgets and a tiny kit (the test suite's version)")
     p.add_argument("--remark", default="", help="a sentence for RESULTS.md about how this run was made")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run, e.g. distill.max_steps=100")
     a = p.parse_args(argv)
+    if a.jobs < 1:
+        p.error("--jobs must be at least 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if a.smoke:
         os.environ["DFKD_DIGITS_PROFILE"] = "smoke"
     os.chdir(REPO)
     from dfkd import digits
 
-    from . import bounds
     from . import domains as dom
+    from .jobs import execute
 
     t_start = time.perf_counter()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    needed = ["clip"] + (["vqgan"] if "vqgan" in a.settings else []) + (["vae", "sd"] if "diffusion" in a.settings else [])
-    built_before = {n: digits.summary(n) is not None for n in needed}
-    kit = {}
-    for n in needed:
-        digits.ensure(n)
-        kit[n] = digits.summary(n)
-    kit_s = sum(kit[n]["seconds"] for n in needed)
     domains = dom.build_domains(out / "domains", per_class=5 if a.smoke else 100)
     extra = [*DISTILL, *(SMOKE_OVERRIDES if a.smoke else []), *a.overrides]
-    common = ["teacher.model=digits:clip", f"eval.data={domains}"]
+    tasks, needed = plan(a, out, domains, extra)
+    built_before = {n: digits.summary(n) is not None for n in needed}
+    threads = max(1, (os.cpu_count() or 1) // a.jobs)
+    done = execute(tasks, a.jobs, threads, out / "logs")
+    kit = {n: done[f"kit-{n}"] for n in needed}
+    kit_s = sum(kit[n]["seconds"] for n in needed)
     results: dict = {"students": {}, "bounds": {}, "runs": {}}
     teacher = None
     if not a.no_bounds:
         for b in BOUNDS:
-            runs = []
-            for seed in a.seeds:
-                print(f"\n=== bound {b}, seed {seed} ===", flush=True)
-                ds = bounds.write_dataset(out / "bounds" / "data", b, 2 if a.smoke else BOUND_PER_CLASS, seed)
-                runs.append(run_one(out / "bounds" / b / f"seed{seed}",
-                                    [*common, "prompts.method=plain", f"distill.dataset={ds}", *extra, f"seed={seed}"],
-                                    learn=False, synth=False))
+            runs = [done[f"bound-{b}-seed{seed}"] for seed in a.seeds]
             teacher = runs[0]["teacher"]
             results["bounds"][b] = aggregate(runs)
             results["runs"][f"bound-{b}"] = runs
     for s in a.settings:
         results["students"][s] = {}
         for m in a.methods:
-            runs = []
-            for seed in a.seeds:
-                print(f"\n=== {s} / {m} / seed {seed} ===", flush=True)
-                runs.append(run_one(out / s / m / f"seed{seed}",
-                                    [*common, f"prompts.method={m}", *SETTINGS[s][0], *extra, f"seed={seed}"],
-                                    learn=(m == "contrastive")))
+            runs = [done[f"{s}-{m}-seed{seed}"] for seed in a.seeds]
             teacher = runs[0]["teacher"]
             results["students"][s][m] = aggregate(runs) | {"preview": runs[0]["preview"]}
             results["runs"][f"{s}-{m}"] = runs
     if "diffusion" in a.settings:
-        results["sd_agreement"] = sd_agreement(out, extra, a.smoke)
+        results["sd_agreement"] = done["sd-check"]
     results["teacher"] = teacher
     results["compare_to_plain"] = compare_to_plain(results["students"])
     results["kit"] = kit
@@ -365,16 +402,21 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
     stage_s = sum(v for runs in results["runs"].values() for r in runs for v in r["seconds"].values()
                   if isinstance(v, float)) + results.get("sd_agreement", {}).get("seconds", 0.0)
+    fresh = all(not built_before[n] for n in needed) and all(
+        r["ran_now"] for runs in results["runs"].values() for r in runs)
     shown = _shown_args(argv)
     results["meta"] = {
         "command": "make bench-digits" if not a.smoke and not shown else "python -m bench.digits.run " + " ".join(shown),
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU", "smoke": a.smoke,
         "seeds": a.seeds, "student": cfg.distill.student, "distill": f"{cfg.distill.max_steps} steps of batch "
         f"{cfg.distill.batch_size}, KD at T={cfg.distill.loss.temperature}", "total_seconds": total,
+        "jobs": a.jobs, "threads_per_job": threads, "from_empty_caches": fresh,
         "remark": a.remark, "kit_seconds": kit_s, "stage_seconds": stage_s, "kit_built_now": [n for n in needed if not built_before[n]],
-        "wall_note": (f". From empty caches it costs the kit's training ({kit_s / 60:.1f} min) plus every stage's "
-                      f"measured time ({stage_s / 60:.1f} min, summed over all runs, bounds and the sd check included): "
-                      f"{(kit_s + stage_s) / 60:.1f} min"),
+        "wall_note": (f", from empty caches (the kit trained and every stage run now), on {a.jobs} processes of "
+                      f"{threads} thread(s)" if fresh else
+                      f", on {a.jobs} processes of {threads} thread(s). Not from empty caches: the kit's training "
+                      f"({kit_s / 60:.1f} min) plus every stage's measured time ({stage_s / 60:.1f} min, summed over all "
+                      f"runs, bounds and the sd check included) is {(kit_s + stage_s) / 60:.1f} min of one process"),
     }
     write_results(Path(a.results_dir), results)
     print(f"\nbench-digits: wrote {Path(a.results_dir) / 'RESULTS.md'} and results.json")

@@ -109,8 +109,11 @@ def test_smoke_run_end_to_end(tmp_path):
     methods, seeds = ["plain", "contrastive"], ["0", "1"]
     cmd = [sys.executable, "-m", "bench.digits.run", "--smoke", "--out", str(tmp_path / "run"),
            "--results-dir", str(tmp_path / "results"), "--methods", *methods, "--seeds", *seeds]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    # two worker processes (the scheduler as `make bench-digits` runs it), then the resume in this process
+    proc = subprocess.run([*cmd, "--jobs", "2"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tasks on 2 processes of 1 thread(s)" in proc.stdout
     res = json.loads((tmp_path / "results" / "results.json").read_text())
     domain_names = set(domains.DOMAINS) | {"mean"}
     assert set(res["teacher"]) == domain_names
@@ -144,7 +147,7 @@ def test_smoke_run_end_to_end(tmp_path):
     teacher = ClipTeacher.load(str(next((tmp_path / "cache" / "digits").glob("clip-*"))))
     assert teacher.image_size == 32 and teacher.text.max_length == 32
     # a second run finds every stage done and rewrites the same numbers
-    again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    again = subprocess.run([*cmd, "--jobs", "1"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     res2 = json.loads((tmp_path / "results" / "results.json").read_text())
     def numbers(r):  # everything but the stage times (a resumed run times nothing)
