@@ -10,7 +10,7 @@ from dfkd.configtools import check
 
 @dataclass
 class LossConfig:
-    """Loss weights (method.md section 5); a weight of 0 turns a loss off."""
+    """Loss weights (docs/method.md section 5); a weight of 0 turns a loss off."""
 
     kd: float = 1.0
     ce: float = 0.0

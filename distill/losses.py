@@ -1,4 +1,4 @@
-"""The loss zoo (method.md section 5): a registry of named losses, weighted by ``distill.loss``.
+"""The loss zoo (docs/method.md section 5): a registry of named losses, weighted by ``distill.loss``.
 
 Each registered loss takes a :class:`LossInputs` and the loss config and returns a scalar; the total
 is ``sum_name weight[name] * loss[name]`` over the losses whose weight is > 0. Add one from a plugin

@@ -56,7 +56,7 @@ def _finished(folder: Path, fingerprint: dict) -> bool:
 
 
 def learn(cfg: ExperimentConfig, args) -> int:
-    """``dfkd prompts learn``: learn ``K`` Contrastive-Prompt styles (method.md section 3)."""
+    """``dfkd prompts learn``: learn ``K`` Contrastive-Prompt styles (docs/method.md section 3)."""
     # 1. check inputs before any model is loaded
     check_prompt_method(cfg.prompts.method)
     words = load_style_dictionary(cfg.prompts.style_dictionary)

@@ -24,7 +24,7 @@ class TeacherConfig:
 
 @dataclass
 class ContrastiveConfig:
-    """Contrastive-Prompt learning (method.md section 3)."""
+    """Contrastive-Prompt learning (docs/method.md section 3)."""
 
     num_styles: int = 80  #: K learned style vectors
     steps: int = 300
@@ -59,7 +59,7 @@ class ContrastiveConfig:
 
 @dataclass
 class PromptsConfig:
-    """How prompts are diversified (method.md sections 2-3)."""
+    """How prompts are diversified (docs/method.md sections 2-3)."""
 
     method: str = "contrastive"  #: plain, handcrafted, mix, random, contrastive, or a registered name
     template: str = "a {style} style image of a {class_name}"

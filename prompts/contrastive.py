@@ -1,4 +1,4 @@
-"""Contrastive-Prompt learning (method.md section 3) and the learned style bank on disk.
+"""Contrastive-Prompt learning (docs/method.md section 3) and the learned style bank on disk.
 
 The text encoder is frozen; only ``S = {s_1..s_K}`` ``(K, n, d)`` is learned, initialised as
 Random-Prompt vectors. Per step, for a batch of styles ``b`` and a batch of classes:

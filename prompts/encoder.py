@@ -1,6 +1,6 @@
 """The style-token text encoder: a prompt template whose style slot holds free *vectors*.
 
-Mechanism (method.md section 2, Textual-Inversion style): tokenize the template with ``n``
+Mechanism (docs/method.md section 2, Textual-Inversion style): tokenize the template with ``n``
 placeholder tokens in the style slot, run the token-embedding layer, overwrite the placeholder rows
 with the style vectors, then run the rest of the real text transformer unchanged (positional
 embeddings, layers, final norm, EOS pooling, projection). The overwrite is a forward hook on the

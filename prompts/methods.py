@@ -1,4 +1,4 @@
-"""Prompt methods (method.md section 3): one :class:`PromptRecord` per image, behind a registry.
+"""Prompt methods (docs/method.md section 3): one :class:`PromptRecord` per image, behind a registry.
 
 =============  ==============================================================================
 ``plain``       ``plain_template`` ("a photo of a dog"), no style: the baseline

@@ -2,7 +2,7 @@
 
 * the style dictionary (package data ``prompts/data/styles.txt`` or a user's file),
 * statistics of the token-embedding table ``W`` (per-dimension mean / std, median row norm),
-* Random-Prompt and Mix-Prompt style vectors (method.md section 3),
+* Random-Prompt and Mix-Prompt style vectors (docs/method.md section 3),
 * a features-only encoder path that drops the padding (exact for CLIP's causal text transformer).
 """
 

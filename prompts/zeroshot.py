@@ -1,4 +1,4 @@
-"""The zero-shot head: ``p(c|x) = softmax_c(s * <g(x), t_c>)`` (method.md section 5).
+"""The zero-shot head: ``p(c|x) = softmax_c(s * <g(x), t_c>)`` (docs/method.md section 5).
 
 ``t_c`` is the normalised mean of the class's text features over a template ensemble and ``s`` the
 model's logit scale. Class weights are cached on disk per (model, classes, templates), so they are

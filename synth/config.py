@@ -13,7 +13,7 @@ AUGMENTATIONS = ("affine", "perspective", "color_jitter", "noise")
 
 @dataclass
 class ClipGuidedConfig:
-    """The VQGAN-CLIP family (method.md section 4)."""
+    """The VQGAN-CLIP family (docs/method.md section 4)."""
 
     parameterization: Literal["decoder", "pixels", "fourier", "strokes"] = "decoder"  #: decoder = latent of synth.model
     iterations: int = 300
