@@ -185,8 +185,7 @@ def build_tiny(name: str, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
     try:
-        TINY_BUILDERS[name](tmp)
-        (tmp / "dfkd_tiny.json").write_text(json.dumps({"name": name, "version": TINY_VERSION, "seed": SEED}))
+        _build_with_marker(name, tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -201,21 +200,25 @@ def build_all(out: str | Path, names: list[str] | None = None) -> dict[str, Path
     return {n: build_tiny(n, Path(out) / n) for n in (names or list(TINY_BUILDERS))}
 
 
-def ensure_tiny(name: str, cache: Path) -> Path:
-    """The cached folder of tiny model ``name``, built once (safe when several processes race)."""
-    target = cache / f"v{TINY_VERSION}" / name
-    if (target / "dfkd_tiny.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        TINY_BUILDERS[name](tmp)
-        (tmp / "dfkd_tiny.json").write_text(json.dumps({"name": name, "version": TINY_VERSION, "seed": SEED}))
-        try:
-            os.rename(tmp, target)  # atomic; fails if another process got there first
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+#: the classes each tiny folder must load with before it counts as built
+LOADS_WITH = {
+    "clip": ("transformers.CLIPModel", "transformers.CLIPProcessor"),
+    "sd": ("diffusers.StableDiffusionPipeline",),
+    "vqgan": ("diffusers.VQModel",),
+    "vae": ("diffusers.AutoencoderKL",),
+}
+
+
+def _build_with_marker(name: str, out: Path) -> None:
+    TINY_BUILDERS[name](out)
+    (out / "dfkd_tiny.json").write_text(json.dumps({"name": name, "version": TINY_VERSION, "seed": SEED}))
+
+
+def ensure_tiny(name: str, cache: str | Path) -> Path:
+    """The cached folder of tiny model ``name``, built once per cache location, complete and loadable (safe when
+    processes race, on one machine or several: see :mod:`dfkd.modelcache`)."""
+    from .modelcache import ensure_folder
+
+    target = Path(cache) / f"v{TINY_VERSION}" / name
+    return ensure_folder(target, lambda tmp: _build_with_marker(name, tmp), LOADS_WITH[name],
+                         rebuild_in=("dfkd.tiny", "ensure_tiny", (name, str(cache))), legacy_marker="dfkd_tiny.json")

@@ -20,11 +20,7 @@ photos the evaluation domains use (:data:`data.EVAL_PHOTOS`).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +37,7 @@ class Component:
     recipe: object
     version: int
     train: Callable[..., dict]  #: ``train(recipe, out_dir, parents: dict[name, Path], progress) -> summary``
-    loads_with: str  #: the class whose ``from_pretrained`` must load the folder
+    loads_with: tuple[str, ...]  #: the classes whose ``from_pretrained`` must load the folder
     parents: tuple[str, ...] = ()
     seen: str = ""  #: what data it saw (its card says so)
 
@@ -76,14 +72,14 @@ def _components() -> dict[str, Component]:
                   "over crops of scikit-image training photos and textures")
     return {
         "clip": Component(teacher, TEACHER_VERSION, lambda r, out, p, prog: train_teacher(r, out, prog),
-                          "transformers.CLIPModel", seen=seen_train + ", with web-like captions"),
+                          ("transformers.CLIPModel", "transformers.CLIPProcessor"), seen=seen_train + ", with web-like captions"),
         "vqgan": Component(vq, 1, lambda r, out, p, prog: train_autoencoder(r, out, prog),
-                           "diffusers.VQModel", seen=seen_train + "; no labels or captions"),
+                           ("diffusers.VQModel",), seen=seen_train + "; no labels or captions"),
         "vae": Component(kl, 1, lambda r, out, p, prog: train_autoencoder(r, out, prog),
-                         "diffusers.AutoencoderKL", seen=seen_train + "; no labels or captions"),
+                         ("diffusers.AutoencoderKL",), seen=seen_train + "; no labels or captions"),
         "sd": Component(sd, 1,
                         lambda r, out, p, prog: train_diffusion(r, out, p["clip"], p["vae"], prog),
-                        "diffusers.StableDiffusionPipeline", parents=("clip", "vae"),
+                        ("diffusers.StableDiffusionPipeline",), parents=("clip", "vae"),
                         seen=seen_train + ", with web-like captions (dropped 10 % of the time)"),
     }
 
@@ -124,26 +120,6 @@ def folder(name: str, cache: Path | None = None) -> Path:
     return Path(cache or default_cache()) / f"{name}-{key(name)}{suffix}"
 
 
-def _load_check(loads_with: str, path: Path) -> None:
-    """Raise when ``path`` does not load with its class (a folder is trusted only after this)."""
-    import importlib
-
-    module, cls = loads_with.rsplit(".", 1)
-    kwargs = {"safety_checker": None, "requires_safety_checker": False} if cls.endswith("Pipeline") else {}
-    getattr(importlib.import_module(module), cls).from_pretrained(path, **kwargs)
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def summary(name: str, cache: Path | None = None) -> dict | None:
     """The training summary of a built kit model (``None`` when it is not built)."""
     meta = folder(name, cache) / "dfkd_recipe.json"
@@ -152,7 +128,7 @@ def summary(name: str, cache: Path | None = None) -> dict | None:
 
 def _card(name: str, c: Component, meta: dict) -> str:
     """A model card: what the model is, what data it saw and did not see, its recipe and training summary."""
-    library = "transformers" if c.loads_with.startswith("transformers") else "diffusers"
+    library = "transformers" if c.loads_with[0].startswith("transformers") else "diffusers"
     numbers = "\n".join(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in meta["summary"].items())
     return f"""---
 library_name: {library}
@@ -160,7 +136,7 @@ tags: [dfkd, digits, offline]
 ---
 # `{PREFIX}{name}`: part of the dfkd digits kit
 
-Loads with `{c.loads_with}.from_pretrained(<this folder>)`; built by `dfkd.digits.ensure("{name}")`.
+Loads with `{c.loads_with[0]}.from_pretrained(<this folder>)`; built by `dfkd.digits.ensure("{name}")`.
 
 **Data seen:** {c.seen}.
 **Never seen:** {meta["not_seen"]}.
@@ -178,32 +154,30 @@ Built on: {", ".join(PREFIX + p for p in c.parents) or "nothing else"}.
 """
 
 
-def ensure(name: str, cache: Path | None = None, progress: bool = True) -> Path:
-    """The folder of kit model ``name``, trained now (with its parents) when it is not cached."""
+def ensure(name: str, cache: str | Path | None = None, progress: bool | str = True) -> Path:
+    """The folder of kit model ``name``, trained now (with its parents) when it is not cached complete.
+    (``progress`` may come as the string ``"True"``/``"False"`` from a rebuild in a separate process.)"""
+    from ..modelcache import ensure_folder, is_complete
+
+    progress = progress not in (False, "False")
     if name not in NAMES:
         raise UserError(f"unknown digits model '{PREFIX}{name}'; valid: {', '.join(PREFIX + n for n in NAMES)}")
+    cache = Path(cache) if cache else None
     target = folder(name, cache)
-    if (target / "dfkd_recipe.json").is_file():
+    if is_complete(target):
         return target
     check_requirements()
     c = _components()[name]
     parents = {p: ensure(p, cache, progress) for p in c.parents}
-    with _lock(target.with_name(f".{target.name}.lock")):
-        if (target / "dfkd_recipe.json").is_file():  # another process built it while we waited
-            return target
+
+    def build(tmp: Path) -> None:
         print(f"dfkd: building {PREFIX}{name} (trained once, then cached in {target.parent})", flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            result = c.train(c.recipe, tmp, parents, progress)
-            _load_check(c.loads_with, tmp)
-            meta = {"name": PREFIX + name, "recipe": asdict(c.recipe), "version": c.version, "summary": result,
-                    "parents": {p: str(f) for p, f in parents.items()}, "data_seen": c.seen,
-                    "not_seen": "MNIST test digits, UCI optdigits, the evaluation-only photos"}
-            (tmp / "dfkd_recipe.json").write_text(json.dumps(meta, indent=1))
-            (tmp / "README.md").write_text(_card(name, c, meta))
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+        result = c.train(c.recipe, tmp, parents, progress)
+        meta = {"name": PREFIX + name, "recipe": asdict(c.recipe), "version": c.version, "summary": result,
+                "parents": {p: str(f) for p, f in parents.items()}, "data_seen": c.seen,
+                "not_seen": "MNIST test digits, UCI optdigits, the evaluation-only photos"}
+        (tmp / "dfkd_recipe.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "README.md").write_text(_card(name, c, meta))
+
+    return ensure_folder(target, build, c.loads_with, legacy_marker="dfkd_recipe.json",
+                         rebuild_in=("dfkd.digits", "ensure", (name, str(cache or default_cache()), str(progress))))
