@@ -18,19 +18,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dfkd.errors import UserError
+from dfkd.registry import Registry
 
 from .config import LossConfig
 
-LOSSES: dict[str, Callable[[LossInputs, LossConfig], torch.Tensor]] = {}
+LOSSES: Registry[Callable[[LossInputs, LossConfig], torch.Tensor]] = Registry("loss", "distill.loss.extra",
+                                                                               "@register_loss")
 
 
 def register_loss(name: str) -> Callable:
-    def wrap(fn: Callable[[LossInputs, LossConfig], torch.Tensor]) -> Callable:
-        LOSSES[name] = fn
-        return fn
-
-    return wrap
+    """Decorator: register ``fn(batch: LossInputs, cfg: LossConfig) -> scalar`` as loss ``name``."""
+    return LOSSES.register(name)
 
 
 @dataclass
@@ -94,7 +92,7 @@ def loss_weights(cfg: LossConfig) -> dict[str, float]:
     weights = {name: float(cfg.extra.get(name, getattr(cfg, name, 0.0))) for name in LOSSES}
     unknown = sorted(set(cfg.extra) - set(LOSSES))
     if unknown:
-        raise UserError(f"distill.loss.extra names unregistered loss '{unknown[0]}'; registered: {', '.join(LOSSES)}")
+        raise LOSSES.unknown(unknown[0])
     return {name: w for name, w in weights.items() if w > 0}
 
 

@@ -13,7 +13,6 @@ else ImageNet defaults.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,22 +22,18 @@ import torch
 from torch import nn
 
 from dfkd.errors import UserError
+from dfkd.registry import Registry, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: name -> factory(num_classes, **kwargs) -> nn.Module
-STUDENTS: dict[str, Callable[..., nn.Module]] = {}
+STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student", "distill.student", "@register_student")
 
 
 def register_student(name: str) -> Callable:
     """Decorator: register ``factory(num_classes, **kwargs) -> nn.Module`` under ``name``."""
-
-    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        STUDENTS[name] = factory
-        return factory
-
-    return wrap
+    return STUDENTS.register(name)
 
 
 @dataclass
@@ -113,10 +108,9 @@ def resolve_student(name: str) -> tuple[Callable[..., nn.Module], str]:
         return factory, "timm"
     import timm
 
-    close = difflib.get_close_matches(name, list(STUDENTS) + timm.list_models(), n=4, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise UserError(f"unknown student '{name}'{hint}; use a timm model name (timm.list_models()), a registered student "
-                    f"({', '.join(sorted(STUDENTS))}) or module:attr")
+    hint = did_you_mean(name, [*STUDENTS, *timm.list_models()])
+    raise UserError(f"unknown student '{name}' (distill.student);{hint} use a timm model name (timm.list_models()), "
+                    f"a registered student ({', '.join(STUDENTS.names())}) or module:attr")
 
 
 def create_student(name: str, num_classes: int, kwargs: dict[str, Any] | None = None,

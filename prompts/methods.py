@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dfkd.errors import UserError
+from dfkd.registry import Registry
 
 from .config import PromptsConfig
 from .encoder import STYLE_SLOT, StyleTextEncoder, StyleVectors, TextEncoding
@@ -141,25 +142,17 @@ def _scatter(parts: list[tuple[list[int], TextEncoding]], total: int) -> TextEnc
 
 
 # ---------------------------------------------------------------------------------------------- registry
-PROMPT_METHODS: dict[str, Callable[..., PromptMethod]] = {}
+PROMPT_METHODS: Registry[type[PromptMethod]] = Registry("prompt method", "prompts.method", "@register_prompt_method")
 
 
 def register_prompt_method(name: str) -> Callable[[type[PromptMethod]], type[PromptMethod]]:
     """Class decorator: make a :class:`PromptMethod` subclass available as ``prompts.method=name``."""
-
-    def decorate(cls: type[PromptMethod]) -> type[PromptMethod]:
-        cls.name = name
-        PROMPT_METHODS[name] = cls
-        return cls
-
-    return decorate
+    return PROMPT_METHODS.register(name)
 
 
 def check_prompt_method(name: str) -> None:
     """Raise a one-line UserError listing the valid methods when ``name`` is not registered (cheap: no model)."""
-    if name not in PROMPT_METHODS:
-        raise UserError(f"unknown prompt method '{name}'; valid methods are: {', '.join(sorted(PROMPT_METHODS))} "
-                        "(or register your own with @register_prompt_method and list its module under imports)")
+    PROMPT_METHODS.get(name)
 
 
 def preflight_prompt_method(cfg: PromptsConfig, run_dir: Path | str) -> None:

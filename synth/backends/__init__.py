@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from dfkd.errors import UserError
+from dfkd.registry import Registry
 from prompts.teacher import DTYPES  # noqa: F401 - re-exported for the backends
 
-_BACKENDS: dict[str, type[Backend]] = {}
+_BACKENDS: Registry[type[Backend]] = Registry("backend", "synth.backend", "@register_backend")
 
 
 class Backend:
@@ -51,12 +51,8 @@ class Backend:
 
 
 def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
-    def deco(cls: type[Backend]) -> type[Backend]:
-        cls.name = name
-        _BACKENDS[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: make a :class:`Backend` subclass available as ``synth.backend=name``."""
+    return _BACKENDS.register(name)
 
 
 def _import_builtins() -> None:
@@ -67,9 +63,7 @@ def _import_builtins() -> None:
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered as ``name``; an unknown name is a UserError listing the valid ones."""
     _import_builtins()
-    if name not in _BACKENDS:
-        raise UserError(f"unknown synth.backend '{name}'; valid backends are: {', '.join(sorted(_BACKENDS))}")
-    return _BACKENDS[name]
+    return _BACKENDS.get(name)
 
 
 def image_generators(records: Sequence, device: str | torch.device = "cpu") -> list[torch.Generator]:

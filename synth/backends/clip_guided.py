@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dfkd.errors import UserError
+from dfkd.registry import Registry
 
 from . import Backend, image_generators, register_backend
 from .cutouts import make_cutouts
@@ -48,15 +49,13 @@ class Parameterization(nn.Module):
         raise NotImplementedError
 
 
-_PARAMETERIZATIONS: dict[str, Callable[..., Parameterization]] = {}
+_PARAMETERIZATIONS: Registry[Callable[..., Parameterization]] = Registry(
+    "parameterization", "synth.clip_guided.parameterization", "@register_parameterization")
 
 
 def register_parameterization(name: str):
-    def deco(factory):
-        _PARAMETERIZATIONS[name] = factory
-        return factory
-
-    return deco
+    """Decorator: make a :class:`Parameterization` factory available as ``synth.clip_guided.parameterization=name``."""
+    return _PARAMETERIZATIONS.register(name)
 
 
 def _randn(generators: Sequence[torch.Generator], shape: tuple[int, ...], scale: float = 1.0) -> torch.Tensor:
@@ -183,9 +182,7 @@ class DecoderLatent(Parameterization):
 
 
 def create_parameterization(name: str, **kwargs) -> Parameterization:
-    if name not in _PARAMETERIZATIONS:
-        raise UserError(f"unknown synth.clip_guided.parameterization '{name}'; valid: {', '.join(sorted(_PARAMETERIZATIONS))}")
-    return _PARAMETERIZATIONS[name](**kwargs)
+    return _PARAMETERIZATIONS.get(name)(**kwargs)
 
 
 # ---------------------------------------------------------------- the backend

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import TINY_CLASSES
 
 from dfkd.errors import UserError
 from distill.config import LossConfig
@@ -20,10 +21,34 @@ def test_kd_has_tau_squared_scaling():
 
 
 def test_kd_positive_and_gradient_reaches_student_only():
-    s = torch.randn(4, 5, requires_grad=True)
-    t = torch.randn(4, 5, requires_grad=True)
-    kd_divergence(s, t.detach(), 2.0).backward()
-    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+    """KD is positive for differing logits, its gradient w.r.t. the student logits is tau (p_S - p_T) / B, and
+    with the real teacher nothing flows back through the teacher: its logits are constants, its weights get no
+    gradient, and the input's gradient is the student's alone."""
+    from distill.students import create_student
+    from distill.teacher import load_teacher
+
+    g = torch.Generator().manual_seed(0)
+    s, t, tau = torch.randn(4, 5, generator=g, requires_grad=True), torch.randn(4, 5, generator=g), 2.0
+    loss = kd_divergence(s, t, tau)
+    assert loss.item() > 1e-3
+    loss.backward()
+    expected = tau * ((s / tau).softmax(-1) - (t / tau).softmax(-1)) / 4
+    assert torch.allclose(s.grad, expected.detach(), atol=1e-6)
+
+    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.5,) * 3, (0.5,) * 3)
+    torch.manual_seed(0)
+    student = create_student("tiny_cnn", len(TINY_CLASSES))[0].eval()
+    x = torch.randn(3, 3, 32, 32, generator=g, requires_grad=True)  # even an input that requires grad
+    t_logits = teacher(x).logits
+    assert not t_logits.requires_grad
+    kd = kd_divergence(student(x), t_logits, tau)
+    assert kd.item() > 1e-3
+    kd.backward()
+    assert all(p.grad is not None for p in student.parameters()) and any(p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    x_alone = x.detach().clone().requires_grad_(True)
+    kd_divergence(student(x_alone), t_logits.detach(), tau).backward()  # the reference: teacher as a constant
+    assert torch.allclose(x.grad, x_alone.grad, atol=1e-7)
 
 
 def test_total_loss_weights_and_parts():
@@ -69,5 +94,5 @@ def test_register_custom_loss_and_weight_it_by_name():
         assert torch.allclose(loss, torch.tensor(0.5)) and set(parts) == {"unit_test_l2"}
     finally:
         LOSSES.pop("unit_test_l2")
-    with pytest.raises(UserError, match="unregistered loss 'unit_test_l2'"):
+    with pytest.raises(UserError, match=r"unknown loss 'unit_test_l2' \(distill.loss.extra\)"):
         loss_weights(cfg)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from synth_helpers import CLIP_GUIDED, fast_args, read_rows
+import torch
+from synth_helpers import CLIP_GUIDED, fast_args, fast_config, read_rows
 
 from dfkd.cli import main
 
@@ -34,6 +35,33 @@ def test_dataset_loads_with_the_contract(finished):
     assert row["generator"] == "diffusion:tiny:sd" and row["method"] == "mix"
     assert "<style:" in row["prompt"] and "words" in json.loads(row["style"])
     assert all(0.0 <= c <= 1.0 for c in ds["teacher_confidence"])
+
+
+def test_teacher_confidence_is_the_teachers_probability_of_the_rows_own_label(tmp_path):
+    """Each row's teacher_confidence is the softmax probability of that row's label under the CLIP zero-shot
+    classifier computed by hand (transformers only) on the stored pixels (PNG: stored == scored)."""
+    import io
+
+    import numpy as np
+    from fixtures import clip_zero_shot_by_hand
+    from PIL import Image
+
+    from prompts.templates import load_templates
+
+    assert main(fast_args(tmp_path, "synth.image_format=png")) == 0
+    cfg = fast_config(tmp_path)
+    rows = read_rows(tmp_path / "dataset")
+    keys = sorted(rows)
+    arrays = [np.asarray(Image.open(io.BytesIO(rows[k]["image"]["bytes"])).convert("RGB")) for k in keys]
+    logits, _ = clip_zero_shot_by_hand(arrays, cfg.classes, load_templates(cfg.teacher.templates))
+    probs = logits.softmax(-1)
+    labels = [rows[k]["label"] for k in keys]
+    assert labels == [k[0] for k in keys] and sorted(set(labels)) == [0, 1, 2]
+    own = probs[range(len(keys)), labels]
+    confidence = np.array([rows[k]["teacher_confidence"] for k in keys])
+    assert np.abs(confidence - own.numpy()).max() < 1e-4, (confidence, own)
+    others = probs.masked_fill(torch.nn.functional.one_hot(torch.tensor(labels), 3).bool(), float("inf"))
+    assert (others - own[:, None]).abs().min() > 1e-3  # another class's probability would not pass
 
 
 def test_card_diagnostics_and_preview(finished):
@@ -91,7 +119,7 @@ def _bad(capsys, out, *overrides):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("synth.backend=gan", "unknown synth.backend 'gan'"),
+    ("synth.backend=gan", "unknown backend 'gan' (synth.backend)"),
     ("synth.model=nobody/no-such-model", "cannot load diffusion pipeline 'nobody/no-such-model'"),
     ("synth.images_per_class=0", "images_per_class"),
     ("synth.resolution=36", "synth.resolution=36 cannot be produced"),
