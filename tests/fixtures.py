@@ -32,3 +32,50 @@ def tiny_sd_pipeline():
     from dfkd.models import resolve_model_id
 
     return StableDiffusionPipeline.from_pretrained(resolve_model_id("tiny:sd"))
+
+
+# --- a reference CLIP zero-shot classifier computed with transformers alone (no project code past the model id)
+
+
+def _pooled(out):
+    """``get_*_features`` returns a tensor, or (transformers >= 5) an output whose ``pooler_output`` is the projection."""
+    return getattr(out, "pooler_output", out)
+
+
+def clip_text_weights_by_hand(classes, templates):
+    """``(C, D)``: per class, the normalised mean over *all* templates of normalised
+    ``CLIPModel.get_text_features`` of tiny:clip."""
+    import torch
+
+    model, tokenizer = tiny_clip()
+    rows = []
+    with torch.no_grad():
+        for name in classes:
+            tokens = tokenizer([t.replace("{}", name) for t in templates], padding=True, return_tensors="pt")
+            feats = torch.nn.functional.normalize(_pooled(model.get_text_features(**tokens)).float(), dim=-1)
+            rows.append(torch.nn.functional.normalize(feats.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def clip_pixels_by_hand(images):
+    """``CLIPImageProcessor`` (tiny:clip's own) pixel values of ``images``: a list of ``(H, W, 3)`` uint8 arrays."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from dfkd.models import resolve_model_id
+
+    processor = CLIPImageProcessor.from_pretrained(resolve_model_id("tiny:clip"))
+    return processor(images=[Image.fromarray(a) for a in images], return_tensors="pt").pixel_values
+
+
+def clip_zero_shot_by_hand(images, classes, templates):
+    """(logits ``(B, C)``, normalised image features ``(B, D)``) of tiny:clip's zero-shot classifier on
+    ``images`` (``(H, W, 3)`` uint8 arrays): processor pixels, ``get_image_features``, logit scale, text weights."""
+    import torch
+
+    model, _ = tiny_clip()
+    with torch.no_grad():
+        feats = _pooled(model.get_image_features(pixel_values=clip_pixels_by_hand(images))).float()
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+        logits = model.logit_scale.exp().item() * feats @ clip_text_weights_by_hand(classes, templates).t()
+    return logits, feats

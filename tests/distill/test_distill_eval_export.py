@@ -137,3 +137,42 @@ def test_few_shot_mixes_real_images(make_cfg, tmp_path, toy_domains):
     with pytest.raises(UserError, match="fewer than"):
         train(make_cfg(tmp_path / "too_many", f"distill.few_shot.data={toy_domains}", "distill.few_shot.domain=photo",
                        "distill.few_shot.shots=9"))
+
+
+def test_few_shot_images_are_flagged_real_and_get_their_cross_entropy(make_cfg, tmp_path, toy_domains):
+    """The few-shot rows (and only they) carry is_real, in the resident set and in every batch, and the
+    real_ce part train_step returns is the cross-entropy of exactly those rows (by hand)."""
+    from distill.augment import augment, step_generator
+    from distill.students import DistillStudent
+    from distill.teacher import load_teacher
+    from distill.trainer import build_train_data, check_inputs, make_accelerator, train_step
+
+    cfg = make_cfg(tmp_path, f"distill.few_shot.data={toy_domains}", "distill.few_shot.domain=photo",
+                   "distill.few_shot.shots=2", "distill.device_resident=always")
+    accelerator = make_accelerator(cfg)
+    inputs = check_inputs(cfg, accelerator.main_process_first)
+    data = build_train_data(cfg, inputs, accelerator)
+    n = len(inputs.dataset)
+    assert data.is_real.tolist() == [False] * n + [True] * 2 * len(TINY_CLASSES)
+    assert data.labels[:n].tolist() == inputs.dataset["label"]
+    assert sorted(data.labels[n:].tolist()) == sorted(list(range(len(TINY_CLASSES))) * 2)
+    assert not any(torch.equal(real, syn) for real in data.images[n:] for syn in data.images[:n])
+
+    for micro in range(data.plan.batches_per_epoch):
+        batch = next(data.batches(micro, micro + 1))
+        assert batch.is_real.tolist() == (data.plan.indices(micro) >= n).tolist()
+        if batch.is_real.any():
+            break
+    assert batch.is_real.any() and not batch.is_real.all()
+    pre = inputs.pre
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (pre.mean, pre.std))
+    x = (augment(batch.images, pre.input_size, cfg.distill.augment, step_generator(cfg.seed, 0, micro)) - mean) / std
+    model = DistillStudent(inputs.student, len(TINY_CLASSES)).train()
+    with torch.no_grad():
+        logits = model(x)[0]
+    real = batch.is_real
+    expected = torch.nn.functional.cross_entropy(logits[real], batch.labels[real])
+    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", pre.mean, pre.std)
+    _, parts = train_step(model, teacher, batch, cfg, pre.input_size, (mean, std), step_generator(cfg.seed, 0, micro),
+                          accelerator)
+    assert torch.allclose(parts["real_ce"], expected, atol=1e-5) and parts["real_ce"] > 0

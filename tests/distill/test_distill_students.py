@@ -29,6 +29,31 @@ def test_registered_and_module_attr_students():
     assert kind == "import" and model(torch.zeros(3, 3, 32, 32)).shape == (3, 5)
 
 
+def _tiny_cnn_parameters(width: int, depth: int, num_classes: int) -> int:
+    """tiny_cnn's parameter count by hand: per block a bias-free 3x3 conv and a BatchNorm, then the linear layer."""
+    count, c_in = 0, 3
+    for i in range(depth):
+        c_out = width * 2**i
+        count += c_in * c_out * 9 + 2 * c_out
+        c_in = c_out
+    return count + c_in * num_classes + num_classes
+
+
+def test_student_kwargs_reach_a_registered_factory(make_cfg, tmp_path):
+    """distill.student_kwargs from the config reach the registered factory (the trainer's check_student builds
+    the student every run trains), and create_student passes them on too."""
+    from distill.trainer import check_student
+
+    default, narrow = _tiny_cnn_parameters(16, 3, 7), _tiny_cnn_parameters(4, 2, 7)
+    assert default != narrow
+    student, kind, _ = check_student(make_cfg(tmp_path, "distill.student_kwargs={width: 4, depth: 2}"))
+    assert kind == "registered" and sum(p.numel() for p in student.parameters()) == narrow
+    student, _, _ = check_student(make_cfg(tmp_path))
+    assert sum(p.numel() for p in student.parameters()) == default
+    model, _ = create_student("tiny_cnn", 7, {"width": 4, "depth": 2})
+    assert sum(p.numel() for p in model.parameters()) == narrow
+
+
 @pytest.mark.parametrize("name, message", [
     ("resnet_does_not_exist", "unknown student 'resnet_does_not_exist'"),
     ("os:no_such_factory", "has no attribute 'no_such_factory'"),

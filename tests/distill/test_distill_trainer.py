@@ -8,6 +8,7 @@ from conftest import TINY_CLASSES
 from safetensors.torch import load_file
 
 from dfkd.cli import main as dfkd_main
+from distill.augment import step_generator
 from distill.data import decode_image, load_synthetic
 from distill.export import load_student
 from distill.students import DistillStudent, create_student
@@ -20,7 +21,6 @@ def _state(module):
 
 
 def test_one_step_changes_student_not_teacher(make_cfg, tmp_path, syn_dataset):
-    from distill.augment import step_generator
     from distill.data import Batch
 
     cfg = make_cfg(tmp_path, "distill.loss.emb=1.0", "distill.loss.ce=0.5")
@@ -43,6 +43,102 @@ def test_one_step_changes_student_not_teacher(make_cfg, tmp_path, syn_dataset):
     assert "head.weight" in after_s and not torch.equal(before_s["head.weight"], after_s["head.weight"])
     assert all(torch.equal(before_t[k], after_t[k]) for k in before_t)
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def _first_batch(syn_dataset, n=8):
+    from distill.data import Batch
+
+    ds = load_synthetic(syn_dataset, TINY_CLASSES)
+    images = torch.stack([decode_image(ds[i]["image"]["bytes"]) for i in range(n)])
+    return Batch(images, torch.tensor(ds["label"][:n]), torch.zeros(n, dtype=torch.bool))
+
+
+def _student_view(cfg, batch, micro_step=0):
+    """The augmented, student-normalised view ``train_step`` feeds both models at ``micro_step``, rebuilt by hand."""
+    from distill.augment import augment
+
+    d = cfg.distill
+    x = augment(batch.images, d.input_size, d.augment, step_generator(cfg.seed, 0, micro_step))
+    return (x - torch.tensor(d.mean).view(1, 3, 1, 1)) / torch.tensor(d.std).view(1, 3, 1, 1)
+
+
+def _pixel_stats(cfg):
+    return tuple(torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.distill.mean, cfg.distill.std))
+
+
+STUDENT_STATS = ("distill.mean=[0.3,0.5,0.6]", "distill.std=[0.2,0.35,0.25]")
+
+
+def test_teacher_undoes_student_normalisation_and_uses_clip_preprocessing():
+    """DistillTeacher(student-normalised x) == the CLIP zero-shot classifier computed by hand on x
+    (transformers' CLIPImageProcessor + CLIPModel, CLIP's own mean/std)."""
+    import numpy as np
+    from fixtures import clip_zero_shot_by_hand
+
+    from dfkd.models import CLIP_MEAN, CLIP_STD
+    from prompts.templates import load_templates
+
+    mean, std = (0.3, 0.5, 0.6), (0.2, 0.35, 0.25)
+    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", mean, std)
+    assert tuple(teacher.clip.mean.flatten().tolist()) == pytest.approx(CLIP_MEAN)
+    assert tuple(teacher.clip.std.flatten().tolist()) == pytest.approx(CLIP_STD)
+    size = teacher.clip.image_size
+    arrays = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    x = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255
+    student_input = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    out = teacher(student_input)
+    logits, feats = clip_zero_shot_by_hand(list(arrays), TINY_CLASSES, load_templates("short_7"))
+    assert torch.allclose(out.features, feats, atol=1e-5)
+    assert torch.allclose(out.logits, logits, atol=1e-4)
+    assert (logits.max(-1).values - logits.min(-1).values).min() > 0.01  # the classes are told apart
+
+
+def test_kd_term_uses_the_configured_temperature(make_cfg, tmp_path, syn_dataset):
+    """The KD part train_step returns (and logs) is tau^2 KL(p_T^tau || p_S^tau) at distill.loss.temperature,
+    computed by hand on the same view, and it changes with the temperature."""
+    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.3, 0.5, 0.6), (0.2, 0.35, 0.25))
+    batch = _first_batch(syn_dataset)
+    kd = {}
+    accelerator = None
+    for tau in (2.0, 8.0):
+        cfg = make_cfg(tmp_path / f"tau{tau}", f"distill.loss.temperature={tau}", *STUDENT_STATS)
+        accelerator = accelerator or make_accelerator(cfg)
+        torch.manual_seed(0)
+        model = DistillStudent(create_student("tiny_cnn", 7)[0], 7).train()
+        x = _student_view(cfg, batch)
+        with torch.no_grad():
+            s, t = model(x)[0], teacher(x).logits
+        log_p_s, p_t = (s / tau).log_softmax(-1), (t / tau).softmax(-1)
+        expected = tau**2 * (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
+        _, parts = train_step(model, teacher, batch, cfg, 32, _pixel_stats(cfg), step_generator(cfg.seed, 0, 0),
+                              accelerator)
+        assert set(parts) == {"kd"}
+        assert torch.allclose(parts["kd"], expected, rtol=1e-4, atol=1e-6), (tau, parts["kd"], expected)
+        kd[tau] = float(parts["kd"])
+    assert abs(kd[2.0] - kd[8.0]) > 1e-3 * max(kd.values()), kd
+
+
+def test_embedding_loss_alone_reaches_the_student_backbone(make_cfg, tmp_path, syn_dataset):
+    """kd=0, ce=0, emb=1: the loss is 1 - cos(h(f_S(x)), g(x)) with f_S the classifier's input (by hand), and
+    its gradient reaches the backbone's convolutions, not only the projection head."""
+    from torch import nn
+
+    cfg = make_cfg(tmp_path, "distill.loss.kd=0", "distill.loss.ce=0", "distill.loss.emb=1", *STUDENT_STATS)
+    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", cfg.distill.mean, cfg.distill.std)
+    torch.manual_seed(0)
+    student, _ = create_student("tiny_cnn", 7)
+    model = DistillStudent(student, 7, teacher.feature_dim).train()
+    batch = _first_batch(syn_dataset)
+    x = _student_view(cfg, batch)
+    with torch.no_grad():
+        feats = nn.Sequential(*list(student)[:-1])(x)  # everything before the classifier
+        expected = (1 - nn.functional.cosine_similarity(model.head(feats), teacher(x).features, dim=-1)).mean()
+    loss, parts = train_step(model, teacher, batch, cfg, 32, _pixel_stats(cfg), step_generator(cfg.seed, 0, 0),
+                             make_accelerator(cfg))
+    assert set(parts) == {"emb"} and torch.allclose(loss, expected, atol=1e-5)
+    convs = [m for m in student.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in convs)
+    assert model.head.weight.grad.abs().sum() > 0
 
 
 def test_custom_module_attr_student_trains_and_exports(make_cfg, tmp_path):

@@ -48,6 +48,32 @@ def test_class_consistency_loss_matches_its_definition():
     torch.testing.assert_close(class_consistency_loss(u, w, labels, 0.01), -logp[torch.arange(4), labels].mean())
 
 
+def test_step_loss_pairs_each_style_with_its_own_positive(encoders):
+    """One learner step's L_div equals info_nce of anchors and positives rebuilt by hand from the step seed:
+    the step's style batch, the noise, each style in T_style (anchor) and, noised, in T_style' (its positive),
+    encoded through the full 77-token encoder path."""
+    from prompts.styles import EmbeddingStats, derive_seed
+
+    enc = encoders["clip"]
+    cfg = small_contrastive(num_styles=6, style_batch=4)
+    c, seed, rnd, step = cfg.contrastive, 3, 1, 2
+    learner = ContrastiveLearner(enc, CLASSES, cfg, seed)
+    styles = learner.initial_styles()
+    memory = _unit(2, learner.plain.shape[1], seed=5)
+    with torch.no_grad():
+        div = learner.loss(styles, memory, rnd, step)["div"]
+
+        g = torch.Generator().manual_seed(derive_seed("contrastive-step", seed, rnd, step))
+        batch = torch.randperm(6, generator=g)[:4]
+        s = styles[batch]
+        noise = torch.randn(s.shape, generator=g) * (c.noise_std * EmbeddingStats.of(enc).std)
+        anchors = enc.encode(c.style_template, None, s).features
+        positives = enc.encode(c.positive_template, None, s + noise).features
+    torch.testing.assert_close(div, info_nce(anchors, positives, memory, c.tau), atol=1e-5, rtol=1e-5)
+    # the pairing matters: each anchor with a neighbour's positive gives another loss
+    assert (info_nce(anchors, positives.roll(1, 0), memory, c.tau) - div).abs() > 1e-3
+
+
 def _learn(encoder, cfg: PromptsConfig, seed: int = 0, checkpoint=None, on_step=None):
     learner = ContrastiveLearner(encoder, CLASSES, cfg, seed)
     fp = learn_fingerprint(cfg, CLASSES, seed, encoder.identity.model_id)

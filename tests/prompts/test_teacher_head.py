@@ -1,6 +1,8 @@
 """The CLIP teacher and its zero-shot head (shared by synth and distill)."""
 
+import numpy as np
 import torch
+from fixtures import clip_pixels_by_hand, clip_text_weights_by_hand
 
 from prompts.teacher import ClipTeacher
 from prompts.templates import load_templates
@@ -23,10 +25,12 @@ def test_zero_shot_head_matches_definition_and_is_cached(tmp_path):
     cached = list(tmp_path.glob("zeroshot-*.safetensors"))
     assert len(cached) == 1
 
-    # t_c = normalised mean of normalised template features
-    manual = class_text_features(teacher.text, classes, templates)
-    assert torch.allclose(head.weights, manual, atol=1e-6)
+    # t_c = normalised mean over ALL templates of normalised text features, by hand with transformers
+    manual = clip_text_weights_by_hand(classes, templates)
+    assert torch.allclose(head.weights, manual, atol=1e-5)
     assert torch.allclose(head.weights.norm(dim=-1), torch.ones(3), atol=1e-5)
+    first_only = clip_text_weights_by_hand(classes, templates[:1])
+    assert not torch.allclose(manual, first_only, atol=1e-3)  # so the check above tells an ensemble from one template
 
     images = torch.rand(4, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -63,3 +67,25 @@ def test_user_templates_with_other_braces_are_text(tmp_path):
     feats = class_text_features(teacher.text, ["dog"], ["a {style} photo of a {}."])
     plain = teacher.text.encode_text(["a {style} photo of a dog."]).features
     assert torch.allclose(feats, plain, atol=1e-6)
+
+
+def _smooth_image(size: int, seed: int) -> np.ndarray:
+    """``(size, size, 3)`` uint8: a few low-frequency waves (resampling filters agree closely on it)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    waves = [0.5 + 0.4 * np.sin(2 * np.pi * (a * xx + b * yy) + c) for a, b, c in rng.uniform(0.3, 1.2, (3, 3))]
+    return (np.stack(waves, -1) * 255).round().astype(np.uint8)
+
+
+def test_preprocess_matches_clip_image_processor():
+    """The teacher's own resize + CLIP mean/std equal transformers' CLIPImageProcessor of the same model:
+    exactly at CLIP's input size, within resampling differences for a larger image."""
+    teacher = ClipTeacher.load("tiny:clip")
+    size = teacher.image_size
+    native = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    larger = _smooth_image(2 * size, seed=1)
+    for image, atol in ((native, 1e-5), (larger, 0.03)):
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+        expected = clip_pixels_by_hand([image])
+        assert teacher.preprocess(x).shape == expected.shape
+        assert (teacher.preprocess(x) - expected).abs().max() < atol

@@ -77,15 +77,74 @@ def test_diffusion_fixed_seed_is_bit_exact_and_batch_independent(diffusion):
     assert ((alone[0] * 255).round() - (a[2] * 255).round()).abs().max() <= 1
 
 
+def _hidden_states_by_hand(pipe, texts):
+    """``(B, 77, h)`` last hidden states of the pipeline's own text encoder on ``texts``."""
+    ids = pipe.tokenizer(list(texts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids).last_hidden_state
+
+
+def _pipeline_by_hand(cfg, records, texts, negative=None, scheduler=None):
+    """The images a freshly loaded tiny:sd StableDiffusionPipeline makes from the hidden states of ``texts``
+    (and of the ``negative`` prompt) under the records' seeds."""
+    from fixtures import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    if scheduler is not None:
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+    kwargs = {} if negative is None else {"negative_prompt_embeds": _hidden_states_by_hand(pipe, [negative] * len(texts))}
+    s = cfg.synth
+    with torch.no_grad():
+        out = pipe(prompt_embeds=_hidden_states_by_hand(pipe, texts), num_inference_steps=s.steps,
+                   guidance_scale=s.guidance_scale, height=s.resolution, width=s.resolution, output_type="pt",
+                   generator=[torch.Generator().manual_seed(int(r.seed)) for r in records], **kwargs)
+    return out.images.float().clamp(0, 1)
+
+
+def _per_image_gap(a, b):
+    """Largest pixel difference per image; the tiny UNet's text conditioning moves pixels by ~0.01, float
+    rounding by < 1e-4."""
+    return (a - b).flatten(1).abs().amax(1)
+
+
+def test_diffusion_images_follow_the_prompt_embeddings(diffusion):
+    """Two prompts under one seed: the backend's images equal the pipeline run by hand on the prompts' own
+    text-encoder hidden states; the prompts give different images, and zeroed embeddings other images again."""
+    from dataclasses import replace
+
+    from prompts.encoder import TextEncoding
+
+    cfg, backend = diffusion
+    cfg.prompts.method = "plain"
+    records, enc = _records(cfg, backend, [(0, 0), (1, 0)])
+    records = [replace(r, seed=records[0].seed) for r in records]  # same noise, different prompts
+    images = backend.generate(records, enc)
+    expected = _pipeline_by_hand(cfg, records, [r.text for r in records])
+    assert (images - expected).abs().max() < 1e-4
+    assert _per_image_gap(images[:1], images[1:]).item() > 1e-3
+    zeroed = backend.generate(records, TextEncoding(torch.zeros_like(enc.hidden_states), enc.features))
+    assert _per_image_gap(zeroed, images).min() > 1e-3
+
+
 def test_diffusion_guidance_uses_negative_embeddings(tmp_path, teacher):
+    """guidance_scale > 1: the images are the pipeline's by hand with the negative prompt's hidden states, and
+    another negative prompt changes them."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
     cfg = fast_config(tmp_path, "synth.guidance_scale=3.0", "synth.negative_prompt=blurry",
-                      "synth.scheduler=EulerAncestralDiscreteScheduler")
+                      "synth.scheduler=EulerAncestralDiscreteScheduler", "prompts.method=plain")
     backend = _load(cfg, teacher)
     assert backend.negative_embeds.shape == (1, 77, 32)
     assert type(backend.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     records, enc = _records(cfg, backend, KEYS[:2])
     a = backend.generate(records, enc)
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, backend.generate(records, enc))
+    expected = _pipeline_by_hand(cfg, records, [r.text for r in records], "blurry", EulerAncestralDiscreteScheduler)
+    assert (a - expected).abs().max() < 1e-4
+    backend.negative_embeds = backend.text_encoder.encode_text(["a bright colourful photo"]).hidden_states
+    assert _per_image_gap(backend.generate(records, enc), a).min() > 1e-3
 
 
 @pytest.mark.parametrize("override, message", [
