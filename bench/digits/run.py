@@ -173,7 +173,7 @@ def render_markdown(res: dict) -> str:
     rows = ["| teacher (zero-shot CLIP) | " + " | ".join(f"{teacher[d]:.1f}" for d in domains)
             + f" | **{teacher['mean']:.1f}** |"]
     for b, r in res["bounds"].items():
-        rows.append(f"| bound `{b}` ({BOUND_PER_CLASS * 10} images) | "
+        rows.append(f"| bound `{b}` ({r.get('images', BOUND_PER_CLASS * 10)} images) | "
                     + " | ".join(_pm(r["student"][d]) for d in domains) + f" | **{_pm(r['student']['mean'])}** |")
     for s, methods in res["students"].items():
         for m, r in methods.items():
@@ -326,7 +326,7 @@ def plan(a: argparse.Namespace, out: Path, domains: Path, extra: list[str]) -> t
     setting_kit = {"fourier": ("kit-clip",), "vqgan": ("kit-clip", "kit-vqgan"), "diffusion": ("kit-clip", "kit-sd")}
     if not a.no_bounds:
         tasks += [Task(f"bound-{b}-seed{seed}", me.bound_task,
-                       (out, b, seed, 2 if a.smoke else BOUND_PER_CLASS, common, extra), ("kit-clip",),
+                       (out, b, seed, 2 if a.smoke else a.bound_per_class, common, extra), ("kit-clip",),
                        f"bound {b}, seed {seed}") for b in BOUNDS for seed in a.seeds]
     for s in a.settings:
         tasks += [Task(f"{s}-{m}-seed{seed}", me.run_one,
@@ -347,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--no-bounds", action="store_true", help="skip the real and noise bounds")
+    p.add_argument("--bound-per-class", type=int, default=BOUND_PER_CLASS,
+                   help=f"images per class of the real and noise bounds (default {BOUND_PER_CLASS}: the budget of the "
+                   "vqgan and diffusion settings)")
     p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
                    help="worker processes, each with cores/jobs torch threads (default: one per core, at most 8; "
                    "1 runs everything in this process)")
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in BOUNDS:
             runs = [done[f"bound-{b}-seed{seed}"] for seed in a.seeds]
             teacher = runs[0]["teacher"]
-            results["bounds"][b] = aggregate(runs)
+            results["bounds"][b] = aggregate(runs) | {"images": 10 * (2 if a.smoke else a.bound_per_class)}
             results["runs"][f"bound-{b}"] = runs
     for s in a.settings:
         results["students"][s] = {}
