@@ -122,16 +122,22 @@ def ensure_folder(target: Path, build: Callable[[Path], object], loads_with: Seq
                 load_check(target, loads_with)
                 write_manifest(target)
                 return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            build(tmp)
-            load_check(tmp, loads_with)
-            write_manifest(tmp)
-            if target.exists():  # an incomplete folder: never trusted, replaced
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        return build_into(target, build, loads_with)
+
+
+def build_into(target: Path, build: Callable[[Path], object], loads_with: Sequence[str]) -> Path:
+    """Build into a temp folder beside ``target``, check it loads, write its manifest, then put it in place of
+    whatever ``target`` held: readers see the old folder or the whole new one, never a half one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        load_check(tmp, loads_with)
+        write_manifest(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target

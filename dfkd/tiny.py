@@ -17,8 +17,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from functools import lru_cache
@@ -178,21 +176,13 @@ TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
 
 
 def build_tiny(name: str, out: str | Path) -> Path:
-    """Build tiny model ``name`` into ``out`` (atomically: a temp folder renamed into place)."""
+    """Build tiny model ``name`` into ``out`` (atomically, checked to load: :func:`dfkd.modelcache.build_into`)."""
     out = Path(out)
     if name not in TINY_BUILDERS:
         raise UserError(f"unknown tiny model '{name}'; valid: {', '.join(TINY_BUILDERS)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
-    try:
-        _build_with_marker(name, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    from .modelcache import build_into
+
+    return build_into(out, lambda tmp: _build_with_marker(name, tmp), LOADS_WITH[name])
 
 
 def build_all(out: str | Path, names: list[str] | None = None) -> dict[str, Path]:
