@@ -6,9 +6,9 @@
 2. build the Accelerator (mixed precision, gradient accumulation, trackers);
 3. load the frozen CLIP teacher and its zero-shot head;
 4. decode the synthetic set (+ few-shot real images) onto the device, or set up a DataLoader;
-5. optimiser and warm-up/cosine schedule; ``accelerator.prepare``;
+5. optimiser and warm-up/cosine schedule (:mod:`distill.step`); ``accelerator.prepare``;
 6. resume from ``checkpoint-STEP`` when asked (model, optimiser, scheduler, RNG; data position = step);
-7. train: augment on the device, teacher forward (no grad) on the same view, student forward/backward;
+7. train (``distill.step.train_step``): augment on the device, teacher forward (no grad) on the same view, student forward/backward;
    ``save_state`` every ``checkpointing_steps`` keeping the last ``checkpoints_total_limit``;
 8. export ``OUT/student`` and evaluate on real data when ``eval.data`` is set.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import re
 import shutil
 import time
@@ -32,7 +31,7 @@ from dfkd.errors import UserError
 from dfkd.runtime import multi_process_cpu
 from synth.schema import DATASET_DIR
 
-from .augment import augment, normalize, step_generator
+from .augment import step_generator
 from .data import (
     ArrowImages,
     BatchPlan,
@@ -45,7 +44,8 @@ from .data import (
     read_real,
     stored_size,
 )
-from .losses import LossInputs, loss_weights, total_loss
+from .losses import loss_weights
+from .step import make_optimizer, make_scheduler, total_steps, train_step
 from .students import (
     DistillStudent,
     Preprocessing,
@@ -213,39 +213,6 @@ def build_train_data(cfg: ExperimentConfig, inputs: Inputs, accelerator) -> Trai
     return TrainData(plan, accelerator.device, images, labels, is_real)
 
 
-# ----------------------------------------------------------------------------- 5. optimiser
-
-
-def make_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    d = cfg.distill
-    if d.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=d.lr, momentum=d.momentum, weight_decay=d.weight_decay, nesterov=True)
-    return torch.optim.AdamW(params, lr=d.lr, weight_decay=d.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, total_steps: int):
-    """Linear warm-up for ``warmup_steps``, then cosine to 0 (or constant)."""
-    d = cfg.distill
-    warm = min(d.warmup_steps, total_steps)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        if d.scheduler == "constant":
-            return 1.0
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def total_steps(cfg: ExperimentConfig, batches_per_epoch: int) -> int:
-    d = cfg.distill
-    if d.max_steps:
-        return d.max_steps
-    return max(1, d.epochs * batches_per_epoch // d.gradient_accumulation_steps)
-
-
 # ----------------------------------------------------------------------------- 7. checkpoints
 
 
@@ -268,22 +235,6 @@ def load_checkpoint(accelerator, path: Path) -> int:
 
 
 # ----------------------------------------------------------------------------- 8. the loop
-
-
-def train_step(model, teacher, batch, cfg: ExperimentConfig, size: int, pre_tensors, gen, accelerator) -> tuple[torch.Tensor, dict]:
-    """One micro-batch: augment (B, 3, H, W) uint8 -> student view ``(B, 3, size, size)``; teacher and student
-    on that same view; loss; backward. Returns the detached loss and its parts."""
-    d = cfg.distill
-    mean, std = pre_tensors
-    x = normalize(augment(batch.images, size, d.augment, gen), mean, std)
-    with accelerator.autocast():
-        t = teacher(x)
-        logits, emb = model(x)
-    inputs = LossInputs(logits, t.logits, batch.labels, emb, t.features,
-                        batch.is_real if cfg.distill.few_shot.shots > 0 else None, d.few_shot.ce_weight)
-    loss, parts = total_loss(inputs, d.loss)
-    accelerator.backward(loss)
-    return loss.detach(), parts
 
 
 @dataclass

@@ -143,9 +143,10 @@ def test_few_shot_images_are_flagged_real_and_get_their_cross_entropy(make_cfg, 
     """The few-shot rows (and only they) carry is_real, in the resident set and in every batch, and the
     real_ce part train_step returns is the cross-entropy of exactly those rows (by hand)."""
     from distill.augment import augment, step_generator
+    from distill.step import train_step
     from distill.students import DistillStudent
     from distill.teacher import load_teacher
-    from distill.trainer import build_train_data, check_inputs, make_accelerator, train_step
+    from distill.trainer import build_train_data, check_inputs, make_accelerator
 
     cfg = make_cfg(tmp_path, f"distill.few_shot.data={toy_domains}", "distill.few_shot.domain=photo",
                    "distill.few_shot.shots=2", "distill.device_resident=always")

@@ -11,9 +11,10 @@ from dfkd.cli import main as dfkd_main
 from distill.augment import step_generator
 from distill.data import decode_image, load_synthetic
 from distill.export import load_student
+from distill.step import make_optimizer, train_step
 from distill.students import DistillStudent, create_student
 from distill.teacher import load_teacher
-from distill.trainer import list_checkpoints, make_accelerator, make_optimizer, train, train_step
+from distill.trainer import list_checkpoints, make_accelerator, train
 
 
 def _state(module):
