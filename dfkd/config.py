@@ -29,7 +29,7 @@ from synth.config import SynthConfig
 
 from .configtools import apply_overrides, check, from_dict, load_yaml, to_dict
 from .errors import UserError
-from .runtime import atomic_write_text
+from .runtime import atomic_write
 
 RESOLVED_CONFIG_NAME = "config.yaml"
 
@@ -119,4 +119,4 @@ def write_resolved_config(cfg: ExperimentConfig, name: str = RESOLVED_CONFIG_NAM
     if not is_main_process():
         return None
     cfg.out.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(cfg.out / name, dump_config(cfg))
+    return atomic_write(cfg.out / name, dump_config(cfg))

@@ -21,14 +21,13 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import UserError
+from .runtime import atomic_folder, atomic_write
 
 MANIFEST = "dfkd_manifest.json"
 #: environment variables that make a process believe it is one rank of a distributed launch
@@ -52,9 +51,7 @@ def is_complete(folder: Path) -> bool:
 
 def write_manifest(folder: Path) -> None:
     """List every file of ``folder`` with its size, through a temp file: the manifest appears complete or not at all."""
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"files": _files(folder)}, indent=1))
-    os.replace(tmp, folder / MANIFEST)
+    atomic_write(folder / MANIFEST, json.dumps({"files": _files(folder)}, indent=1))
 
 
 def load_check(folder: Path, loads_with: Sequence[str]) -> None:
@@ -128,16 +125,8 @@ def ensure_folder(target: Path, build: Callable[[Path], object], loads_with: Seq
 def build_into(target: Path, build: Callable[[Path], object], loads_with: Sequence[str]) -> Path:
     """Build into a temp folder beside ``target``, check it loads, write its manifest, then put it in place of
     whatever ``target`` held: readers see the old folder or the whole new one, never a half one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         build(tmp)
         load_check(tmp, loads_with)
         write_manifest(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dfkd.runtime import atomic_write
+
 from .augment import normalize
 from .config import EvalConfig
 from .data import RealImages, center_square, decode_image
@@ -111,6 +113,6 @@ def write_eval(result: dict[str, Any], out: Path, extra: dict[str, Any] | None =
     out.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in result.items() if not k.endswith("_flat")}
     payload.update(extra or {})
-    (out / "eval.json").write_text(json.dumps(payload, indent=2))
-    (out / "eval.md").write_text(markdown_table(result))
+    atomic_write(out / "eval.md", markdown_table(result))
+    atomic_write(out / "eval.json", json.dumps(payload, indent=2))  # last: its presence marks a finished evaluation
     return out / "eval.json", out / "eval.md"

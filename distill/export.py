@@ -19,6 +19,7 @@ from torch import nn
 
 from dfkd.config import ExperimentConfig
 from dfkd.errors import UserError
+from dfkd.runtime import atomic_folder
 
 from .augment import normalize, resize_center_crop
 from .students import DistillStudent, Preprocessing, create_student
@@ -38,7 +39,6 @@ def export_student(model: DistillStudent, folder: str | Path, cfg: ExperimentCon
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     d = cfg.distill
     meta = {
         "student": d.student, "kind": kind, "student_kwargs": d.student_kwargs, "classes": list(cfg.classes),
@@ -47,24 +47,25 @@ def export_student(model: DistillStudent, folder: str | Path, cfg: ExperimentCon
         "dataset": str(dataset_dir) if dataset_dir else None, "loss": vars(d.loss).copy(),
         "embedding_dim": model.head.out_features if model.head is not None else None, **(train_info or {}),
     }
-    student = model.student
-    if kind == "timm":
-        from timm.models import save_for_hf
+    with atomic_folder(folder) as tmp:  # the folder holds a whole export, or the previous one, never a mix
+        student = model.student
+        if kind == "timm":
+            from timm.models import save_for_hf
 
-        data_config = {"input_size": (3, pre.input_size, pre.input_size), "mean": pre.mean, "std": pre.std}
-        save_for_hf(student, str(folder), model_config={"label_names": list(cfg.classes), "dfkd": meta},
-                    model_args=dict(d.student_kwargs) or None, safe_serialization=True, data_config=data_config)
-    else:
-        save_file(_state(student), str(folder / WEIGHTS_NAME))
-        config = {"architecture": d.student, "num_classes": len(cfg.classes), "label_names": list(cfg.classes),
-                  "model_args": d.student_kwargs,
-                  "pretrained_cfg": {"input_size": [3, pre.input_size, pre.input_size], "mean": list(pre.mean),
-                                     "std": list(pre.std)},
-                  "dfkd": meta}
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
-    if model.head is not None:
-        save_file(_state(model.head), str(folder / HEAD_NAME))
-    (folder / "README.md").write_text(model_card(cfg, meta, metrics))
+            data_config = {"input_size": (3, pre.input_size, pre.input_size), "mean": pre.mean, "std": pre.std}
+            save_for_hf(student, str(tmp), model_config={"label_names": list(cfg.classes), "dfkd": meta},
+                        model_args=dict(d.student_kwargs) or None, safe_serialization=True, data_config=data_config)
+        else:
+            save_file(_state(student), str(tmp / WEIGHTS_NAME))
+            config = {"architecture": d.student, "num_classes": len(cfg.classes), "label_names": list(cfg.classes),
+                      "model_args": d.student_kwargs,
+                      "pretrained_cfg": {"input_size": [3, pre.input_size, pre.input_size], "mean": list(pre.mean),
+                                         "std": list(pre.std)},
+                      "dfkd": meta}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if model.head is not None:
+            save_file(_state(model.head), str(tmp / HEAD_NAME))
+        (tmp / "README.md").write_text(model_card(cfg, meta, metrics))
     return folder
 
 

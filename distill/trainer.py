@@ -28,7 +28,7 @@ import torch
 
 from dfkd.config import ExperimentConfig
 from dfkd.errors import UserError
-from dfkd.runtime import multi_process_cpu
+from dfkd.runtime import atomic_write, multi_process_cpu
 from synth.schema import DATASET_DIR
 
 from .augment import step_generator
@@ -221,7 +221,7 @@ def save_checkpoint(accelerator, cfg: ExperimentConfig, step: int) -> Path:
     path = cfg.out / CHECKPOINTS_DIR / f"checkpoint-{step}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        (path / STATE_FILE).write_text(json.dumps({"step": step}))
+        atomic_write(path / STATE_FILE, json.dumps({"step": step}))
         for old in list_checkpoints(cfg.out)[:-cfg.distill.checkpoints_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

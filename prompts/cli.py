@@ -14,6 +14,7 @@ import torch
 
 from dfkd.config import ExperimentConfig, write_resolved_config
 from dfkd.errors import UserError
+from dfkd.runtime import atomic_write
 
 from .contrastive import (
     CHECKPOINT_FILE,
@@ -120,7 +121,7 @@ def show(cfg: ExperimentConfig, args) -> int:
     _print_report(report)
     path = cfg.out / "prompts" / f"show-{method.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    atomic_write(path, json.dumps(report, indent=1))
     print(f"wrote {path}")
     return 0
 

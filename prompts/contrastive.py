@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from dfkd.errors import UserError
-from dfkd.runtime import atomic_write_text
+from dfkd.runtime import atomic_path, atomic_write
 
 from .config import PromptsConfig
 from .encoder import EncoderIdentity, StyleTextEncoder, StyleVectors
@@ -90,12 +89,11 @@ def save_style_bank(folder: Path, vectors: torch.Tensor, meta: dict) -> Path:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{STYLES_FILE}.{os.getpid()}.tmp"
-    save_file({"styles": vectors.detach().float().cpu().contiguous()}, str(tmp), metadata={
-        "encoder_model_id": meta["encoder"]["model_id"], "embedding_dim": str(meta["encoder"]["embedding_dim"]),
-        "seed": str(meta["seed"]), "template": meta["template"]})
-    os.replace(tmp, folder / STYLES_FILE)
-    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1))
+    with atomic_path(folder / STYLES_FILE) as tmp:
+        save_file({"styles": vectors.detach().float().cpu().contiguous()}, str(tmp), metadata={
+            "encoder_model_id": meta["encoder"]["model_id"], "embedding_dim": str(meta["encoder"]["embedding_dim"]),
+            "seed": str(meta["seed"]), "template": meta["template"]})
+    atomic_write(folder / META_FILE, json.dumps(meta, indent=1))
     return folder / STYLES_FILE
 
 
@@ -207,9 +205,8 @@ class LearnState:
 
 def _save_checkpoint(path: Path, state: LearnState, fingerprint: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"fingerprint": fingerprint, **asdict(state)}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"fingerprint": fingerprint, **asdict(state)}, tmp)
 
 
 def _load_checkpoint(path: Path, fingerprint: dict) -> LearnState | None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from dfkd.runtime import atomic_path
 
 from .encoder import StyleTextEncoder
 
@@ -80,7 +81,6 @@ def build_zero_shot_head(model: nn.Module, encoder: StyleTextEncoder, classes: S
     else:
         weights = class_text_features(encoder, classes, templates).cpu()
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"weights": weights.contiguous()}, str(tmp), metadata={"model": encoder.identity.model_id})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"weights": weights.contiguous()}, str(tmp), metadata={"model": encoder.identity.model_id})
     return ZeroShotHead(weights, logit_scale, classes).to(encoder.device)

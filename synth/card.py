@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from dfkd.runtime import atomic_write_text
+from dfkd.runtime import atomic_write
 
 from . import schema
 
@@ -113,5 +113,5 @@ def write_card(dataset_dir: Path, cfg, generator_id: str, diagnostics: dict) -> 
     card = render_card(cfg, generator_id, diagnostics, f"dfkd-{content_id(dataset_dir, cfg)}")
     for name, text in ((schema.CARD_NAME, card),
                        ("diagnostics.json", json.dumps(diagnostics, indent=1))):
-        atomic_write_text(dataset_dir / name, text)
+        atomic_write(dataset_dir / name, text)
     return dataset_dir / schema.CARD_NAME

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfkd.errors import UserError
-from dfkd.runtime import atomic_write_text
+from dfkd.runtime import atomic_write
 
 STATE_NAME = ".dfkd_synth.json"  #: hidden: not part of the uploaded dataset
 
@@ -110,5 +110,5 @@ def check_or_write_state(dataset_dir: Path, cfg, overwrite: bool, *, write: bool
 
 def write_state(dataset_dir: Path, cfg) -> None:
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(dataset_dir / STATE_NAME,
+    atomic_write(dataset_dir / STATE_NAME,
                       json.dumps({"fingerprint": fingerprint(cfg), "fields": fingerprint_fields(cfg)}, indent=1))
