@@ -4,9 +4,7 @@ DomainBed folder, both written once per session; configs use the fast registered
 from __future__ import annotations
 
 import pytest
-from fixtures import tiny_config
-
-TINY_CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+from fixtures import TINY_CLASSES, tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_CLASSES
+from fixtures import TINY_CLASSES
 
 from dfkd.errors import UserError
 from distill.augment import augment, resize_center_crop, step_generator

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_CLASSES
+from fixtures import TINY_CLASSES
 
 from dfkd.cli import main as dfkd_main
 from dfkd.errors import UserError

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY_CLASSES
+from fixtures import TINY_CLASSES
 
 from dfkd.errors import UserError
 from distill.config import LossConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_CLASSES
+from fixtures import TINY_CLASSES
 from safetensors.torch import load_file
 
 from dfkd.cli import main as dfkd_main
