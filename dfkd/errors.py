@@ -9,7 +9,3 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake in the user's input (config, names, files) with a one-sentence fix."""
-
-
-class NotAvailableError(UserError):
-    """A declared command or option that is not implemented yet."""

@@ -107,15 +107,20 @@ def augment(images: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch.Gene
     return mix(x, cfg, gen)
 
 
+def center_square_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """Shorter side of an ``h x w`` image to ``size``, centre crop: ``(resized h, resized w, top, left)``."""
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    return nh, nw, (nh - size) // 2, (nw - size) // 2
+
+
 def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """Evaluation view: ``(B, 3, H, W)`` uint8/float -> ``(B, 3, size, size)`` float in [0, 1] (shorter side to size, centre crop)."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nh, nw, top, left = center_square_box(h, w, size)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (nh - size) // 2, (nw - size) // 2
     return x[..., top:top + size, left:left + size].clamp(0, 1)
 
 

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from dfkd.errors import UserError
 
+from .augment import center_square_box
+
 # torchvision 0.29 deprecates its decoders in favour of torchcodec; they remain the fastest JPEG path here.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
@@ -65,10 +67,8 @@ def resize_uint8(img: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def center_square(img: torch.Tensor, size: int) -> torch.Tensor:
     """``(3, H, W)`` uint8 -> ``(3, size, size)`` uint8: shorter side to ``size``, centre crop."""
     h, w = img.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nh, nw, top, left = center_square_box(h, w, size)
     img = resize_uint8(img, (nh, nw)) if (nh, nw) != (h, w) else img
-    top, left = (nh - size) // 2, (nw - size) // 2
     return img[:, top:top + size, left:left + size].contiguous()
 
 
@@ -105,25 +105,15 @@ def load_synthetic(path: str | Path, classes: Sequence[str]):
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
-class EncodedImages(torch.utils.data.Dataset):
-    """Item ``i`` -> (``(3, H, W)`` uint8, label, is_real): decodes stored bytes lazily (DataLoader workers)."""
+class ArrowImages(torch.utils.data.Dataset):
+    """Item ``i`` -> (``(3, H, W)`` uint8, label, False): the synthetic image's bytes read from the Arrow table on
+    demand and decoded at ``size`` (nothing held in RAM; works in DataLoader workers)."""
 
-    def __init__(self, encoded: Sequence[bytes], labels: Sequence[int], size: tuple[int, int], is_real: bool = False):
-        self.encoded, self.labels, self.size, self.is_real = encoded, list(labels), size, is_real
+    def __init__(self, ds, size: tuple[int, int]):
+        self.ds, self.labels, self.size = ds, list(ds["label"]), size
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
-        return decode_image(self.encoded[i], self.size), self.labels[i], self.is_real
-
-
-class ArrowImages(EncodedImages):
-    """Like :class:`EncodedImages` but reading bytes from the Arrow table on demand (nothing held in RAM)."""
-
-    def __init__(self, ds, size: tuple[int, int]):
-        super().__init__([], ds["label"], size)
-        self.ds = ds
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
         row = self.ds[int(i)]["image"]

@@ -39,10 +39,6 @@ class DistillTeacher(nn.Module):
     def feature_dim(self) -> int:
         return int(self.clip.head.weights.shape[1])
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.clip.head.classes)
-
     def train(self, mode: bool = True) -> DistillTeacher:
         return super().train(False)  # always eval: no dropout, frozen statistics
 

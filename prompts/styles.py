@@ -21,23 +21,20 @@ from torch import nn
 from dfkd.errors import UserError
 
 from .encoder import StyleTextEncoder, StyleVectors
+from .templates import read_lines
 
 PACKAGE_DICTIONARY = "package:prompts/data/styles.txt"
-
-
-def _read_words(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def load_style_dictionary(path: str | None = None) -> list[str]:
     """The style words: package data by default, else ``path`` (one word or phrase per line, ``#`` comments)."""
     if path is None:
-        words = _read_words(resources.files("prompts").joinpath("data/styles.txt").read_text("utf-8"))
+        words = read_lines(resources.files("prompts").joinpath("data/styles.txt").read_text("utf-8"))
     else:
         file = Path(path)
         if not file.is_file():
             raise UserError(f"style dictionary '{path}' does not exist; fix prompts.style_dictionary or remove it")
-        words = _read_words(file.read_text("utf-8"))
+        words = read_lines(file.read_text("utf-8"))
     dupes = sorted({w for w in words if words.count(w) > 1})
     if len(words) < 2 or dupes:
         where = path or PACKAGE_DICTIONARY

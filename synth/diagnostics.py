@@ -16,18 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prompts.styles import mean_pairwise_cosine_distance
+
 from . import schema
 
 PREVIEW_NAME = "preview.png"
-
-
-def mean_pairwise_cosine_distance(features: torch.Tensor) -> float:
-    """``(n, D)`` normalised features -> mean of ``1 - cos`` over distinct pairs (0 for n < 2)."""
-    n = features.shape[0]
-    if n < 2:
-        return 0.0
-    sim = features @ features.t()
-    return float((1 - sim).sum() / (n * (n - 1)))
 
 
 def vendi_score(features: torch.Tensor) -> float:

@@ -16,11 +16,9 @@ from collections.abc import Sequence
 
 from dfkd.errors import UserError
 
-SCHEMA_VERSION = 1
 DATASET_DIR = "dataset"  #: the dataset's folder inside OUTPUT_DIR
 DATA_DIR = "data"
 CARD_NAME = "README.md"
-KEY_COLUMNS = ("label", "index")
 
 #: column -> meaning (also rendered into the dataset card)
 COLUMNS = {
