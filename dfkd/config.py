@@ -66,15 +66,15 @@ class ExperimentConfig:
     def prompt_encoder(self) -> tuple[str, str]:
         """(model id, kind) of the text encoder that style vectors live in.
 
-        ``prompts.encoder=auto``: the generator's own text encoder for the diffusion backend (kind
-        ``pipeline``), the teacher's for the CLIP-guided backend (kind ``clip``). ``teacher``: the
-        teacher's. Anything else: that model id (``auto`` kind detection).
+        ``prompts.encoder=auto``: the one the backend declares (``Backend.text_encoder_source``: the diffusion
+        pipeline's own text encoder, kind ``pipeline``; the teacher's for the CLIP-guided backend, kind ``clip``).
+        ``teacher``: the teacher's. Anything else: that model id (``auto`` kind detection).
         """
         choice = self.prompts.encoder
         if choice == "auto":
-            if self.synth.backend == "diffusion":
-                return self.synth.model, "pipeline"
-            return self.teacher.model, "clip"
+            from synth.backends import get_backend
+
+            return get_backend(self.synth.backend).text_encoder_source(self)
         if choice == "teacher":
             return self.teacher.model, "clip"
         return choice, "auto"

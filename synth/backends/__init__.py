@@ -37,6 +37,12 @@ class Backend:
     def load(cls, cfg, *, teacher, device: torch.device) -> Backend:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @classmethod
+    def text_encoder_source(cls, cfg) -> tuple[str, str]:
+        """(model id, kind) of the text encoder this backend reads prompts with, so style vectors are learned
+        in it (``prompts.encoder=auto``): by default the teacher CLIP's text tower (kind ``clip``)."""
+        return cfg.teacher.model, "clip"
+
     @property
     def text_encoder(self):  # pragma: no cover - interface
         raise NotImplementedError

@@ -104,6 +104,11 @@ class DiffusionBackend(Backend):
                 backend.negative_embeds = backend.text_encoder.encode_text([s.negative_prompt]).hidden_states
         return backend
 
+    @classmethod
+    def text_encoder_source(cls, cfg) -> tuple[str, str]:
+        """The generator pipeline's own text encoder (kind ``pipeline``): its prompt embeddings drive the UNet."""
+        return cfg.synth.model, "pipeline"
+
     @property
     def text_encoder(self):
         return self._encoder

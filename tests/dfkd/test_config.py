@@ -171,3 +171,31 @@ def test_imports_are_loaded(tmp_path, monkeypatch):
     assert my_plugin_mod.LOADED
     with pytest.raises(UserError, match="cannot import module 'no_such_mod_xyz'"):
         tiny_config(tmp_path, "imports=[no_such_mod_xyz]")
+
+
+def test_the_backend_declares_the_text_encoder_styles_live_in(tmp_path):
+    """prompts.encoder=auto asks the backend (no code switches on backend names): the diffusion pipeline's own
+    text encoder, the teacher's for CLIP guidance and for a user's backend that declares nothing; `teacher` and an
+    explicit id override it."""
+    from synth.backends import _BACKENDS, Backend, register_backend
+
+    cfg = tiny_config(tmp_path, "synth.backend=diffusion", "synth.model=tiny:sd", "teacher.model=tiny:clip")
+    assert cfg.prompt_encoder() == ("tiny:sd", "pipeline")
+    cfg = tiny_config(tmp_path, "synth.backend=clip_guided", "synth.model=tiny:vqgan", "teacher.model=tiny:clip")
+    assert cfg.prompt_encoder() == ("tiny:clip", "clip")
+    cfg = tiny_config(tmp_path, "synth.backend=diffusion", "synth.model=tiny:sd", "prompts.encoder=teacher")
+    assert cfg.prompt_encoder() == (cfg.teacher.model, "clip")
+    cfg = tiny_config(tmp_path, "synth.backend=diffusion", "prompts.encoder=some/encoder")
+    assert cfg.prompt_encoder() == ("some/encoder", "auto")
+
+    @register_backend("test_encoder_source")
+    class Mine(Backend):
+        @classmethod
+        def text_encoder_source(cls, cfg):
+            return "my/encoder", "clip"
+
+    try:
+        cfg.synth.backend, cfg.prompts.encoder = "test_encoder_source", "auto"
+        assert cfg.prompt_encoder() == ("my/encoder", "clip")
+    finally:
+        _BACKENDS.pop("test_encoder_source")
