@@ -58,13 +58,14 @@ def run(cfg: ExperimentConfig, args=None) -> int:
     from distill.cli import main as distill_main
     from distill.trainer import list_checkpoints, preflight
     from prompts.cli import learn
+    from prompts.methods import method_needs_learning
     from synth.cli import main as synth_main
 
     # 0. the later stages' inputs a user can get wrong fail now, not after synthesis
     preflight(cfg)
     # 1. prompts
-    if cfg.prompts.method == "contrastive":
-        _say("1/4 prompts: learning Contrastive-Prompt styles")
+    if method_needs_learning(cfg.prompts.method):
+        _say(f"1/4 prompts: learning the '{cfg.prompts.method}' prompt method")
         learn(cfg, args)
     else:
         _say(f"1/4 prompts: method '{cfg.prompts.method}' needs no learning; skipping")

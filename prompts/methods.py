@@ -79,6 +79,8 @@ class PromptMethod:
     """Base class: subclasses implement :meth:`record`; :meth:`encode` batches records through the encoder."""
 
     name: str = ""
+    #: True when the method learns something before synthesis (``dfkd prompts learn``; ``dfkd run`` runs it)
+    needs_learning: bool = False
 
     def __init__(self, cfg: PromptsConfig, *, classes: Sequence[str], encoder: StyleTextEncoder, seed: int,
                  run_dir: Path):
@@ -148,6 +150,11 @@ PROMPT_METHODS: Registry[type[PromptMethod]] = Registry("prompt method", "prompt
 def register_prompt_method(name: str) -> Callable[[type[PromptMethod]], type[PromptMethod]]:
     """Class decorator: make a :class:`PromptMethod` subclass available as ``prompts.method=name``."""
     return PROMPT_METHODS.register(name)
+
+
+def method_needs_learning(name: str) -> bool:
+    """Whether prompt method ``name`` has a learning step to run before synthesis."""
+    return PROMPT_METHODS.get(name).needs_learning
 
 
 def check_prompt_method(name: str) -> None:
@@ -245,6 +252,8 @@ class RandomPrompt(PromptMethod):
 class ContrastivePrompt(PromptMethod):
     """Contrastive-Prompt: the ``K`` learned styles of ``run_dir/prompts/contrastive``; per class a
     seeded permutation of ``0..K-1`` is cycled, so every style is used equally often."""
+
+    needs_learning = True
 
     @classmethod
     def preflight(cls, cfg: PromptsConfig, run_dir: Path) -> None:

@@ -224,3 +224,10 @@ def test_style_vectors_record_their_encoder(encoders):
     assert clip.check_styles(v).shape == (2, 1, clip.embedding_dim)
     with pytest.raises(UserError):
         sd.check_styles(v)
+
+
+def test_only_a_method_with_a_learning_step_declares_it():
+    """`dfkd run` asks the method (it names none): contrastive learns its styles first, the others need nothing."""
+    from prompts.methods import PROMPT_METHODS, method_needs_learning
+
+    assert {n for n in PROMPT_METHODS.names() if method_needs_learning(n)} == {"contrastive"}
