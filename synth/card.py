@@ -52,10 +52,16 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def render_card(cfg, generator_id: str, diagnostics: dict, config_name: str = "default") -> str:
+def render_card(cfg, generator_id: str, diagnostics: dict, config_name: str = "default",
+                dataset_dir: Path | None = None) -> str:
+    """The dataset card; its loading snippet names the folder itself, and ``synth.hub_repo`` when set."""
     from dfkd.config import dump_config
 
     d = diagnostics
+    folder = Path(dataset_dir if dataset_dir is not None else cfg.out / schema.DATASET_DIR).resolve()
+    load = [f"ds = load_dataset({json.dumps(str(folder))}, split=\"train\")  # this folder"]
+    if cfg.synth.hub_repo:
+        load.append(f"ds = load_dataset({json.dumps(cfg.synth.hub_repo)}, split=\"train\")  # on the Hub")
     s = cfg.synth
     meta = front_matter(cfg, config_name, d.get("rows", 0))
     lines = [
@@ -66,7 +72,7 @@ def render_card(cfg, generator_id: str, diagnostics: dict, config_name: str = "d
         f"stored as {s.image_format.upper()} at {s.store_resolution} px. Written by `dfkd synth` "
         "(data-free knowledge distillation via prompt diversification). Load with:"), "",
         "```python", "from datasets import load_dataset",
-        "ds = load_dataset(\"PATH_OR_REPO\", split=\"train\")", "```", "",
+        *load, "```", "",
         "## Diagnostics", "",
         f"- teacher agreement with the intended labels: **{d.get('teacher_agreement', 0):.3f}**",
         f"- mean teacher confidence of the intended class: {d.get('mean_confidence', 0):.3f}",
@@ -110,7 +116,7 @@ def card_is_current(dataset_dir: Path, cfg) -> bool:
 def write_card(dataset_dir: Path, cfg, generator_id: str, diagnostics: dict) -> Path:
     """Write ``README.md`` and ``diagnostics.json`` atomically."""
     dataset_dir = Path(dataset_dir)
-    card = render_card(cfg, generator_id, diagnostics, f"dfkd-{content_id(dataset_dir, cfg)}")
+    card = render_card(cfg, generator_id, diagnostics, f"dfkd-{content_id(dataset_dir, cfg)}", dataset_dir)
     for name, text in ((schema.CARD_NAME, card),
                        ("diagnostics.json", json.dumps(diagnostics, indent=1))):
         atomic_write(dataset_dir / name, text)

@@ -88,3 +88,19 @@ def test_offline_upload_fails_with_one_line_and_no_token(finished, monkeypatch, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot create or reach dataset repo 'me/offline'" in err
     assert TOKEN not in err
+
+
+def test_the_cards_loading_snippet_loads_the_dataset(finished):
+    """The card's `load_dataset(...)` line names a real place (no placeholder) and loads every row from it."""
+    import re
+
+    import datasets
+    import pyarrow.parquet as pq
+
+    folder = finished / "dataset"
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "PATH_OR_REPO" not in card
+    where = re.search(r'load_dataset\("([^"]+)", split="train"\)  # this folder', card).group(1)
+    ds = datasets.load_dataset(where, split="train", cache_dir=str(finished / "hf-cache"))
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in (folder / "data").glob("*.parquet"))
+    assert len(ds) == n > 0
