@@ -48,13 +48,6 @@ class StyleVectors:
         if self.vectors.dim() != 3 or self.vectors.shape[-1] != self.encoder.embedding_dim:
             raise ValueError(f"style vectors must be (K, n, {self.encoder.embedding_dim}), got {tuple(self.vectors.shape)}")
 
-    def __len__(self) -> int:
-        return self.vectors.shape[0]
-
-    def __getitem__(self, idx) -> StyleVectors:
-        v = self.vectors[idx]
-        return StyleVectors(v.unsqueeze(0) if v.dim() == 2 else v, self.encoder)
-
 
 @dataclass
 class TextEncoding:
