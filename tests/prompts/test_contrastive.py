@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 import torch
-from prompts_helpers import CLASSES, small_contrastive
+from prompts_helpers import CLASSES, small_contrastive, unit
 
 from dfkd.errors import UserError
 from prompts.config import ContrastiveConfig, PromptsConfig
@@ -26,12 +26,8 @@ from prompts.diagnostics import class_consistency, diversity
 from prompts.methods import create_prompt_method
 
 
-def _unit(*shape: int, seed: int) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
 def test_info_nce_matches_its_definition():
-    v, pos, mem, tau = _unit(5, 8, seed=0), _unit(5, 8, seed=1), _unit(3, 8, seed=2), 0.1
+    v, pos, mem, tau = unit(5, 8, seed=0), unit(5, 8, seed=1), unit(3, 8, seed=2), 0.1
     expected = 0.0
     for k in range(5):
         negatives = [v[j] for j in range(5) if j != k] + list(mem)
@@ -43,7 +39,7 @@ def test_info_nce_matches_its_definition():
 
 
 def test_class_consistency_loss_matches_its_definition():
-    u, w, labels = _unit(4, 8, seed=3), _unit(3, 8, seed=4), torch.tensor([0, 2, 1, 2])
+    u, w, labels = unit(4, 8, seed=3), unit(3, 8, seed=4), torch.tensor([0, 2, 1, 2])
     logp = torch.log_softmax(u @ w.t() / 0.01, dim=-1)
     torch.testing.assert_close(class_consistency_loss(u, w, labels, 0.01), -logp[torch.arange(4), labels].mean())
 
@@ -59,7 +55,7 @@ def test_step_loss_pairs_each_style_with_its_own_positive(encoders):
     c, seed, rnd, step = cfg.contrastive, 3, 1, 2
     learner = ContrastiveLearner(enc, CLASSES, cfg, seed)
     styles = learner.initial_styles()
-    memory = _unit(2, learner.plain.shape[1], seed=5)
+    memory = unit(2, learner.plain.shape[1], seed=5)
     with torch.no_grad():
         div = learner.loss(styles, memory, rnd, step)["div"]
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
-from prompts_helpers import CLASSES, small_contrastive
+from prompts_helpers import CLASSES, small_contrastive, unit
 
 from dfkd.errors import UserError
 from prompts.config import ContrastiveConfig, PromptsConfig
@@ -29,10 +29,6 @@ from prompts.contrastive import (
     save_style_bank,
 )
 from prompts.styles import EmbeddingStats, derive_seed
-
-
-def _unit(*shape: int, seed: int) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
 def _l_div_by_hand(v: torch.Tensor, vp: torch.Tensor, memory: torch.Tensor, tau: float) -> torch.Tensor:
@@ -69,7 +65,7 @@ def _learn(encoder, cfg: PromptsConfig, seed: int = 0, checkpoint=None, on_step=
 # ---------------------------------------------------------------------------------------------- losses
 def test_info_nce_keeps_every_tensor_on_the_features_device():
     """On the meta device (which refuses a CPU tensor mixed in), the mask and targets follow the features."""
-    v, pos, mem = _unit(4, 8, seed=0), _unit(4, 8, seed=1), _unit(2, 8, seed=2)
+    v, pos, mem = unit(4, 8, seed=0), unit(4, 8, seed=1), unit(2, 8, seed=2)
     loss = info_nce(v.to("meta"), pos.to("meta"), mem.to("meta"), 0.1)
     assert loss.device.type == "meta" and loss.shape == ()
 
@@ -89,7 +85,7 @@ def test_step_loss_is_l_div_plus_lambda_l_cls_rebuilt_from_the_step_seed(clip, r
     seed, rnd, step = 3, 1, 2
     learner = ContrastiveLearner(clip, CLASSES, cfg, seed)
     styles = learner.initial_styles()
-    memory = _unit(2, learner.plain.shape[1], seed=5)
+    memory = unit(2, learner.plain.shape[1], seed=5)
     with torch.no_grad():
         got = learner.loss(styles, memory, rnd, step)
 
