@@ -56,7 +56,7 @@ bench-digits: install
 	$(PY) -m bench.digits.run $(BENCH_ARGS)
 
 # Mutation testing (mutmut, configured in pyproject's [tool.mutmut]) of the modules where the method lives, against
-# the fast tests; then the score per module (tests/mutation/report.py). About an hour on 2 cores; not part of CI.
+# the fast tests; then the score per module (tests/mutation/report.py). Several hours on 2 cores; not part of CI.
 # Results are kept in mutants/ (a rerun only re-checks changed code). TESTING.md records the score and survivors.
 MUTANTS_CACHE ?= $(CURDIR)/runs/mutants-cache
 $(VENV)/.mutants: $(VENV)/.installed

@@ -52,17 +52,15 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def render_card(cfg, generator_id: str, diagnostics: dict, config_name: str = "default",
-                dataset_dir: Path | None = None) -> str:
+def render_card(cfg, generator_id: str, diagnostics: dict, config_name: str, dataset_dir: Path) -> str:
     """The dataset card; its loading snippet names the folder itself, and ``synth.hub_repo`` when set."""
     from dfkd.config import dump_config
 
     d = diagnostics
-    folder = Path(dataset_dir if dataset_dir is not None else cfg.out / schema.DATASET_DIR).resolve()
-    load = [f"ds = load_dataset({json.dumps(str(folder))}, split=\"train\")  # this folder"]
-    if cfg.synth.hub_repo:
-        load.append(f"ds = load_dataset({json.dumps(cfg.synth.hub_repo)}, split=\"train\")  # on the Hub")
     s = cfg.synth
+    load = [f"ds = load_dataset({json.dumps(str(Path(dataset_dir).resolve()))}, split=\"train\")  # this folder"]
+    if s.hub_repo:
+        load.append(f"ds = load_dataset({json.dumps(s.hub_repo)}, split=\"train\")  # on the Hub")
     meta = front_matter(cfg, config_name, d.get("rows", 0))
     lines = [
         "---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",

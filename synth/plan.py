@@ -111,4 +111,4 @@ def check_or_write_state(dataset_dir: Path, cfg, overwrite: bool, *, write: bool
 def write_state(dataset_dir: Path, cfg) -> None:
     dataset_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(dataset_dir / STATE_NAME,
-                      json.dumps({"fingerprint": fingerprint(cfg), "fields": fingerprint_fields(cfg)}, indent=1))
+                 json.dumps({"fingerprint": fingerprint(cfg), "fields": fingerprint_fields(cfg)}, indent=1))
