@@ -37,7 +37,7 @@ test-fast: install
 # the evaluation runs on a toy DomainBed folder (coloured shapes drawn as photo / sketch / painting):
 # it exercises the per-domain evaluation end to end; its numbers mean nothing.
 demo: install
-	$(PY) -m distill.toydata runs/tiny-demo/toy-domains --config configs/tiny.yaml
+	$(PY) -m dfkd.toydata runs/tiny-demo/toy-domains --config configs/tiny.yaml
 	$(VENV)/bin/dfkd run --config configs/tiny.yaml output_dir=runs/tiny-demo eval.data=runs/tiny-demo/toy-domains
 
 lint: install
@@ -59,13 +59,17 @@ bench-digits: install
 # the fast tests; then the score per module (tests/mutation/report.py). Several hours on 2 cores; not part of CI.
 # Results are kept in mutants/ (a rerun only re-checks changed code). TESTING.md records the score and survivors.
 MUTANTS_CACHE ?= $(CURDIR)/runs/mutants-cache
+# One child per core, each single-threaded (torch's own threads would only fight the other children).
+# `nproc` itself honours OMP_NUM_THREADS, hence the env -u.
+MUTANTS_CHILDREN ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 $(VENV)/.mutants: $(VENV)/.installed
 	$(PY) -m pip install -e '.[dev,bench,mutants]'
 	touch $@
 
 mutants: $(VENV)/.mutants
-	@mkdir -p $(MUTANTS_CACHE) && export HF_HOME=$(MUTANTS_CACHE)/hf DFKD_TINY_DIR=$(MUTANTS_CACHE)/tiny && \
-	$(VENV)/bin/mutmut run --max-children $$(nproc) $(MUTANTS_ARGS) && \
+	@mkdir -p $(MUTANTS_CACHE) && export HF_HOME=$(MUTANTS_CACHE)/hf DFKD_TINY_DIR=$(MUTANTS_CACHE)/tiny \
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 && \
+	$(VENV)/bin/mutmut run --max-children $(MUTANTS_CHILDREN) $(MUTANTS_ARGS) && \
 	$(PY) tests/mutation/report.py $(REPORT_ARGS)
 
 clean:

@@ -81,9 +81,9 @@ def main() -> int:
     from accelerate.state import AcceleratorState, GradientState
 
     from dfkd.config import load_config
+    from dfkd.toydata import write_synthetic_dataset
     from distill.students import create_student
     from distill.teacher import load_teacher
-    from distill.toydata import write_synthetic_dataset
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tmp = Path(tempfile.mkdtemp(prefix="distill-bench-"))

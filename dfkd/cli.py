@@ -156,9 +156,9 @@ def _resolve_handler(spec: str) -> Callable:
 
 
 def _show_config(cfg, args) -> int:
-    from .config import dump_config
+    from .configtools import to_yaml
 
-    print(dump_config(cfg), end="")
+    print(to_yaml(cfg), end="")
     return 0
 
 

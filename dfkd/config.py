@@ -16,12 +16,9 @@ imports: [my_pkg.plugins]   # modules imported first (custom prompt methods, stu
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from distill.config import DistillConfig, EvalConfig
 from prompts.config import PromptsConfig, TeacherConfig
@@ -29,9 +26,6 @@ from synth.config import SynthConfig
 
 from .configtools import apply_overrides, check, from_dict, load_yaml, to_dict
 from .errors import UserError
-from .runtime import atomic_write
-
-RESOLVED_CONFIG_NAME = "config.yaml"
 
 
 @dataclass
@@ -103,20 +97,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Build a validated config from a plain mapping (the inverse of ``cfg.to_dict()``)."""
     return from_dict(ExperimentConfig, data)
-
-
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a multi-process (Accelerate / torchrun) launch."""
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
-
-
-def dump_config(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
-
-
-def write_resolved_config(cfg: ExperimentConfig, name: str = RESOLVED_CONFIG_NAME) -> Path | None:
-    """Write the fully resolved config into the output folder (main process only)."""
-    if not is_main_process():
-        return None
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    return atomic_write(cfg.out / name, dump_config(cfg))

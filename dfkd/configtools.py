@@ -205,3 +205,21 @@ def check(condition: bool, key: str, message: str) -> None:
 
 
 __all__ = ["apply_overrides", "check", "from_dict", "load_yaml", "parse_override", "to_dict", "typing"]
+
+
+RESOLVED_CONFIG_NAME = "config.yaml"
+
+
+def to_yaml(obj: Any) -> str:
+    """A config dataclass as YAML (the same text ``dfkd config`` prints and every run writes)."""
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True)
+
+
+def write_resolved_config(cfg: Any, name: str = RESOLVED_CONFIG_NAME) -> Path | None:
+    """Write the fully resolved config into ``cfg.out`` (main process only)."""
+    from .runtime import atomic_write, is_main_process
+
+    if not is_main_process():
+        return None
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    return atomic_write(cfg.out / name, to_yaml(cfg))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -68,3 +69,14 @@ def multi_process_cpu() -> bool:
     xpu = getattr(torch, "xpu", None)
     has_xpu = bool(xpu is not None and xpu.is_available())
     return world > 1 and not torch.cuda.is_available() and not has_xpu
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a multi-process (Accelerate / torchrun) launch."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from ``parts`` (same on every machine and Python run, unlike ``hash``)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dfkd.config import ExperimentConfig, is_main_process, write_resolved_config
+from dfkd.configtools import write_resolved_config
 from dfkd.errors import UserError
+from dfkd.runtime import is_main_process
+
+from .config import DistillExperiment
 
 
-def main(cfg: ExperimentConfig, args=None) -> int:
+def main(cfg: DistillExperiment, args=None) -> int:
     """Train (or resume) the student, export it to OUTPUT_DIR/student and evaluate it when eval.data is set."""
-    from .trainer import train
+    result = train_and_report(cfg)
+    if is_main_process() and result.eval is not None:
+        from .evaluate import markdown_table
 
-    write_resolved_config(cfg)
-    result = train(cfg)
-    if is_main_process():
-        print(f"dfkd distill: {result.steps} steps, {result.images_per_second:.0f} images/s; student -> {result.student_dir}")
-        if result.eval is not None:
-            from .evaluate import markdown_table
-
-            print(markdown_table(result.eval), end="")
-            print(f"dfkd distill: evaluation -> {cfg.out / 'eval.md'}")
+        print(markdown_table(result.eval), end="")
     return 0
 
 
-def evaluate(cfg: ExperimentConfig, args=None) -> int:
+def train_and_report(cfg: DistillExperiment, resume_latest: bool = False):
+    """:func:`distill.trainer.train` (``resume_latest``: resume the latest checkpoint unless the config names
+    one), with its one-line report."""
+    from .trainer import train
+
+    write_resolved_config(cfg)
+    result = train(cfg, resume_latest=resume_latest)
+    if is_main_process():
+        print(f"dfkd distill: {result.steps} steps, {result.images_per_second:.0f} images/s; student -> {result.student_dir}")
+        if result.eval is not None:
+            print(f"dfkd distill: evaluation -> {cfg.out / 'eval.md'}")
+    return result
+
+
+def evaluate(cfg: DistillExperiment, args=None) -> int:
     """Per-domain top-1 of teacher and student on eval.data; writes OUTPUT_DIR/eval.json and eval.md."""
     result = run_evaluation(cfg)
     if is_main_process():
@@ -35,7 +46,7 @@ def evaluate(cfg: ExperimentConfig, args=None) -> int:
     return 0
 
 
-def run_evaluation(cfg: ExperimentConfig) -> dict:
+def run_evaluation(cfg: DistillExperiment) -> dict:
     """Load the exported student and the teacher, score every domain of eval.data, write the results."""
     from accelerate import Accelerator
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from dfkd.configtools import check
+from prompts.config import TeacherConfig
 
 
 @dataclass
@@ -133,3 +135,21 @@ class EvalConfig:
         check(self.batch_size >= 1, prefix + "batch_size", "must be at least 1")
         check(self.max_images_per_domain is None or self.max_images_per_domain >= 1,
               prefix + "max_images_per_domain", "must be at least 1")
+
+
+class DistillExperiment(Protocol):
+    """What the distill stage reads of an experiment (the roof's ``dfkd.config.ExperimentConfig`` is one): its
+    ``distill`` and ``eval`` sections and the shared ``teacher`` section. What the images were made with, it
+    reads from the dataset, not from the config."""
+
+    classes: list[str]
+    seed: int
+    name: str | None
+    teacher: TeacherConfig
+    distill: DistillConfig
+    eval: EvalConfig
+
+    @property
+    def out(self) -> Path: ...
+
+    def to_dict(self) -> dict[str, Any]: ...

@@ -1,6 +1,6 @@
 """Training and evaluation images.
 
-* The synthetic set (``synth/schema.py`` contract) is decoded once at its stored resolution into a
+* The synthetic set (``dfkd/schema.py`` contract) is decoded once at its stored resolution into a
   ``(N, 3, H, W)`` uint8 tensor that lives on the training device when it fits (``distill.device_resident``);
   batches are then gathered and augmented on the device and the input pipeline costs nothing. A set
   that does not fit is read by a ``DataLoader`` (workers, pinned memory, persistent workers) that
@@ -79,7 +79,7 @@ def load_synthetic(path: str | Path, classes: Sequence[str]):
     """The synthetic ``datasets.Dataset`` at ``path`` (its image column left undecoded); contract-checked."""
     import datasets
 
-    from synth.schema import DATA_DIR, check_classes, check_columns
+    from dfkd.schema import DATA_DIR, check_classes, check_columns
 
     path = Path(path)
     if not (path / DATA_DIR).is_dir():

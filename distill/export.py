@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfkd.config import ExperimentConfig
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_folder
 
 from .augment import normalize, resize_center_crop
+from .config import DistillExperiment
 from .students import DistillStudent, Preprocessing, create_student
 
 WEIGHTS_NAME = "model.safetensors"
@@ -32,51 +32,65 @@ def _state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def export_student(model: DistillStudent, folder: str | Path, cfg: ExperimentConfig, kind: str, pre: Preprocessing,
-                   dataset_dir: Path | None = None, metrics: dict[str, Any] | None = None,
-                   train_info: dict[str, Any] | None = None) -> Path:
-    """Write weights, config and model card of ``model.student`` (and its embedding head) into ``folder``."""
+def student_meta(cfg: DistillExperiment, kind: str, pre: Preprocessing, **facts: Any) -> dict[str, Any]:
+    """The ``dfkd`` block of an exported student's ``config.json``: what it is, what it imitates, how it was
+    trained; ``facts`` adds the rest (steps, images, the dataset's provenance, ...)."""
+    d = cfg.distill
+    return {"name": cfg.name or "dfkd", "student": d.student, "kind": kind, "student_kwargs": d.student_kwargs,
+            "classes": list(cfg.classes), "preprocessing": pre.to_dict(), "teacher": cfg.teacher.model,
+            "templates": cfg.teacher.templates, "loss": vars(d.loss).copy(), **facts}
+
+
+def dataset_provenance(dataset) -> dict[str, str]:
+    """How a synthetic dataset was made, read from its own rows (``method``, ``generator`` = backend:model)."""
+    methods = sorted(dataset.unique("method"))
+    generators = sorted(dataset.unique("generator"))
+    backends = sorted({g.partition(":")[0] for g in generators})
+    models = sorted({g.partition(":")[2] for g in generators})
+    return {"prompt_method": ", ".join(methods), "synth_backend": ", ".join(backends), "synth_model": ", ".join(models)}
+
+
+def export_student(model: DistillStudent, folder: str | Path, meta: dict[str, Any],
+                   metrics: dict[str, Any] | None = None) -> Path:
+    """Write weights, ``config.json`` (with ``meta``, see :func:`student_meta`) and model card of
+    ``model.student`` (and its embedding head) into ``folder``, atomically."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    d = cfg.distill
-    meta = {
-        "student": d.student, "kind": kind, "student_kwargs": d.student_kwargs, "classes": list(cfg.classes),
-        "preprocessing": pre.to_dict(), "teacher": cfg.teacher.model, "templates": cfg.teacher.templates,
-        "prompt_method": cfg.prompts.method, "synth_backend": cfg.synth.backend, "synth_model": cfg.synth.model,
-        "dataset": str(dataset_dir) if dataset_dir else None, "loss": vars(d.loss).copy(),
-        "embedding_dim": model.head.out_features if model.head is not None else None, **(train_info or {}),
-    }
+    meta = {**meta, "embedding_dim": model.head.out_features if model.head is not None else None}
+    kind, classes, kwargs = meta["kind"], list(meta["classes"]), meta["student_kwargs"]
+    pre = meta["preprocessing"]
     with atomic_folder(folder) as tmp:  # the folder holds a whole export, or the previous one, never a mix
         student = model.student
         if kind == "timm":
             from timm.models import save_for_hf
 
-            data_config = {"input_size": (3, pre.input_size, pre.input_size), "mean": pre.mean, "std": pre.std}
-            save_for_hf(student, str(tmp), model_config={"label_names": list(cfg.classes), "dfkd": meta},
-                        model_args=dict(d.student_kwargs) or None, safe_serialization=True, data_config=data_config)
+            data_config = {"input_size": (3, pre["input_size"], pre["input_size"]), "mean": tuple(pre["mean"]),
+                           "std": tuple(pre["std"])}
+            save_for_hf(student, str(tmp), model_config={"label_names": classes, "dfkd": meta},
+                        model_args=dict(kwargs) or None, safe_serialization=True, data_config=data_config)
         else:
             save_file(_state(student), str(tmp / WEIGHTS_NAME))
-            config = {"architecture": d.student, "num_classes": len(cfg.classes), "label_names": list(cfg.classes),
-                      "model_args": d.student_kwargs,
-                      "pretrained_cfg": {"input_size": [3, pre.input_size, pre.input_size], "mean": list(pre.mean),
-                                         "std": list(pre.std)},
+            config = {"architecture": meta["student"], "num_classes": len(classes), "label_names": classes,
+                      "model_args": kwargs,
+                      "pretrained_cfg": {"input_size": [3, pre["input_size"], pre["input_size"]],
+                                         "mean": list(pre["mean"]), "std": list(pre["std"])},
                       "dfkd": meta}
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if model.head is not None:
             save_file(_state(model.head), str(tmp / HEAD_NAME))
-        (tmp / "README.md").write_text(model_card(cfg, meta, metrics))
+        (tmp / "README.md").write_text(model_card(meta, metrics))
     return folder
 
 
-def model_card(cfg: ExperimentConfig, meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
+def model_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     """A Hub model card: front matter, how it was made, the metrics table and the one-line loader."""
     from .evaluate import markdown_table
 
     timm_tag = "library_name: timm\n" if meta["kind"] == "timm" else ""
     loss = meta["loss"]
     table = markdown_table(metrics) if metrics else "Not evaluated on real data (`eval.data` was not set).\n"
-    name = cfg.name or "dfkd"
+    name = meta.get("name", "dfkd")
     return f"""---
 {timm_tag}pipeline_tag: image-classification
 tags: [image-classification, knowledge-distillation, data-free, clip, dfkd]

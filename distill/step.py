@@ -13,20 +13,19 @@ import math
 
 import torch
 
-from dfkd.config import ExperimentConfig
-
 from .augment import augment, normalize
+from .config import DistillExperiment
 from .losses import LossInputs, total_loss
 
 
-def make_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: DistillExperiment) -> torch.optim.Optimizer:
     d = cfg.distill
     if d.optimizer == "sgd":
         return torch.optim.SGD(params, lr=d.lr, momentum=d.momentum, weight_decay=d.weight_decay, nesterov=True)
     return torch.optim.AdamW(params, lr=d.lr, weight_decay=d.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, total_steps: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: DistillExperiment, total_steps: int):
     """Linear warm-up for ``warmup_steps``, then cosine to 0 (or constant)."""
     d = cfg.distill
     warm = min(d.warmup_steps, total_steps)
@@ -42,14 +41,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, tota
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def total_steps(cfg: ExperimentConfig, batches_per_epoch: int) -> int:
+def total_steps(cfg: DistillExperiment, batches_per_epoch: int) -> int:
     d = cfg.distill
     if d.max_steps:
         return d.max_steps
     return max(1, d.epochs * batches_per_epoch // d.gradient_accumulation_steps)
 
 
-def train_step(model, teacher, batch, cfg: ExperimentConfig, size: int, pre_tensors, gen, accelerator) -> tuple[torch.Tensor, dict]:
+def train_step(model, teacher, batch, cfg: DistillExperiment, size: int, pre_tensors, gen, accelerator) -> tuple[torch.Tensor, dict]:
     """One micro-batch: augment (B, 3, H, W) uint8 -> student view ``(B, 3, size, size)``; teacher and student
     on that same view; loss; backward. Returns the detached loss and its parts."""
     d = cfg.distill

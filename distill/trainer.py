@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from dfkd.config import ExperimentConfig
 from dfkd.errors import UserError
-from dfkd.runtime import atomic_write, multi_process_cpu
-from synth.schema import DATASET_DIR
+from dfkd.runtime import atomic_write, is_main_process, multi_process_cpu
+from dfkd.schema import DATASET_DIR
 
 from .augment import step_generator
+from .config import DistillExperiment
 from .data import (
     ArrowImages,
     BatchPlan,
@@ -100,11 +100,13 @@ def list_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def find_resume_dir(cfg: ExperimentConfig) -> Path | None:
-    """``distill.resume_from_checkpoint``: None, ``latest`` (error if there is none) or a checkpoint folder."""
+def find_resume_dir(cfg: DistillExperiment, resume_latest: bool = False) -> Path | None:
+    """``distill.resume_from_checkpoint``: None, ``latest`` (error if there is none) or a checkpoint folder.
+    Unset, with ``resume_latest``: the latest checkpoint when there is one (what ``dfkd run`` does)."""
     choice = cfg.distill.resume_from_checkpoint
     if not choice:
-        return None
+        ckpts = list_checkpoints(cfg.out) if resume_latest else []
+        return ckpts[-1] if ckpts else None
     if choice == "latest":
         ckpts = list_checkpoints(cfg.out)
         if not ckpts:
@@ -118,7 +120,7 @@ def find_resume_dir(cfg: ExperimentConfig) -> Path | None:
     return path
 
 
-def check_student(cfg: ExperimentConfig) -> tuple[torch.nn.Module, str, Preprocessing]:
+def check_student(cfg: DistillExperiment) -> tuple[torch.nn.Module, str, Preprocessing]:
     """Check the loss names; build the student (seeded) and check it maps ``(2, 3, S, S)`` to ``(2, C)``."""
     d = cfg.distill
     loss_weights(d.loss)  # an unregistered distill.loss.extra name fails here
@@ -129,7 +131,7 @@ def check_student(cfg: ExperimentConfig) -> tuple[torch.nn.Module, str, Preproce
     return student, kind, pre
 
 
-def read_real_inputs(cfg: ExperimentConfig) -> tuple[RealImages | None, list[RealImages] | None]:
+def read_real_inputs(cfg: DistillExperiment) -> tuple[RealImages | None, list[RealImages] | None]:
     """The few-shot domain and the evaluation domains (class folders checked against the config)."""
     d, e = cfg.distill, cfg.eval
     few = None
@@ -142,20 +144,20 @@ def read_real_inputs(cfg: ExperimentConfig) -> tuple[RealImages | None, list[Rea
     return few, evals
 
 
-def preflight(cfg: ExperimentConfig) -> None:
+def preflight(cfg: DistillExperiment) -> None:
     """What `dfkd run` checks before its first stage: the student, the resume option and the real data."""
     check_student(cfg)
     find_resume_dir(cfg)
     read_real_inputs(cfg)
 
 
-def check_inputs(cfg: ExperimentConfig, main_first) -> Inputs:
+def check_inputs(cfg: DistillExperiment, main_first, resume_latest: bool = False) -> Inputs:
     """Step 1: every user-fixable error is raised here, before the teacher loads or training starts."""
     student, kind, pre = check_student(cfg)
     dataset_dir = Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / DATASET_DIR
     with main_first():
         ds = load_synthetic(dataset_dir, cfg.classes)
-    resume_dir = find_resume_dir(cfg)
+    resume_dir = find_resume_dir(cfg, resume_latest)
     few, eval_domains = read_real_inputs(cfg)
     return Inputs(student, kind, pre, ds, dataset_dir, resume_dir, few, eval_domains)
 
@@ -175,11 +177,9 @@ def resolve_tracker(name: str, is_main: bool) -> str | None:
     return name
 
 
-def make_accelerator(cfg: ExperimentConfig):
+def make_accelerator(cfg: DistillExperiment):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-
-    from dfkd.config import is_main_process
 
     d = cfg.distill
     project = ProjectConfiguration(project_dir=str(cfg.out), logging_dir=str(cfg.out / "logs"))
@@ -191,7 +191,7 @@ def make_accelerator(cfg: ExperimentConfig):
 # ----------------------------------------------------------------------------- 4. data
 
 
-def build_train_data(cfg: ExperimentConfig, inputs: Inputs, accelerator) -> TrainData:
+def build_train_data(cfg: DistillExperiment, inputs: Inputs, accelerator) -> TrainData:
     """Step 4: the synthetic set (+ few-shot images) resident on the device, or behind a DataLoader."""
     d = cfg.distill
     ds = inputs.dataset
@@ -216,7 +216,7 @@ def build_train_data(cfg: ExperimentConfig, inputs: Inputs, accelerator) -> Trai
 # ----------------------------------------------------------------------------- 7. checkpoints
 
 
-def save_checkpoint(accelerator, cfg: ExperimentConfig, step: int) -> Path:
+def save_checkpoint(accelerator, cfg: DistillExperiment, step: int) -> Path:
     """``save_state`` into ``OUT/checkpoints/checkpoint-STEP`` (all processes), then prune (main process)."""
     path = cfg.out / CHECKPOINTS_DIR / f"checkpoint-{step}"
     accelerator.save_state(str(path))
@@ -241,7 +241,7 @@ def load_checkpoint(accelerator, path: Path) -> int:
 class Run:
     """Everything the loop needs, built by :func:`setup`."""
 
-    cfg: ExperimentConfig
+    cfg: DistillExperiment
     accelerator: Any
     inputs: Inputs
     teacher: Any
@@ -254,13 +254,13 @@ class Run:
     pixel_stats: tuple[torch.Tensor, torch.Tensor]  #: student mean, std as (1, 3, 1, 1) on the device
 
 
-def setup(cfg: ExperimentConfig) -> Run:
+def setup(cfg: DistillExperiment, resume_latest: bool = False) -> Run:
     """Steps 1-6: inputs, accelerator, teacher, data, model/optimiser/schedule, resume."""
     from .teacher import load_teacher
 
     d = cfg.distill
     accelerator = make_accelerator(cfg)
-    inputs = check_inputs(cfg, accelerator.main_process_first)
+    inputs = check_inputs(cfg, accelerator.main_process_first, resume_latest)
     teacher = load_teacher(cfg.teacher.model, cfg.classes, cfg.teacher.templates, inputs.pre.mean, inputs.pre.std,
                            accelerator.device, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
     data = build_train_data(cfg, inputs, accelerator)
@@ -357,7 +357,7 @@ def _log_eval(run: Run, step: int, with_teacher: bool = True) -> dict[str, Any]:
 def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
     """Step 8: final checkpoint, evaluation on real data, export (and Hub upload) of the student."""
     from .evaluate import write_eval
-    from .export import export_student, push_student
+    from .export import dataset_provenance, export_student, push_student, student_meta
 
     cfg, acc, d = run.cfg, run.accelerator, run.cfg.distill
     if step % d.checkpointing_steps != 0 and step > run.start_step:
@@ -368,9 +368,10 @@ def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
                   "(set eval.data=ROOT of a DomainBed folder to evaluate)")
     student_dir = cfg.out / "student"
     if acc.is_main_process:
-        info = {"steps": step, "images": len(run.data), "processes": acc.num_processes}
-        export_student(acc.unwrap_model(run.model), student_dir, cfg, run.inputs.kind, run.inputs.pre,
-                       dataset_dir=run.inputs.dataset_dir, metrics=result, train_info=info)
+        meta = student_meta(cfg, run.inputs.kind, run.inputs.pre, dataset=str(run.inputs.dataset_dir),
+                            **dataset_provenance(run.inputs.dataset), steps=step, images=len(run.data),
+                            processes=acc.num_processes)
+        export_student(acc.unwrap_model(run.model), student_dir, meta, metrics=result)
         if result is not None:  # after the export: eval.json is newer than the student it scored
             write_eval(result, cfg.out, {"data": cfg.eval.data, "student": str(student_dir), "teacher": cfg.teacher.model})
         if d.push_to_hub:
@@ -379,10 +380,11 @@ def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
     return student_dir, result
 
 
-def train(cfg: ExperimentConfig, stop_after_step: int | None = None) -> TrainResult:
+def train(cfg: DistillExperiment, stop_after_step: int | None = None, *, resume_latest: bool = False) -> TrainResult:
     """Distil the teacher into the student (see the module docstring). ``stop_after_step`` stops right after
-    that step, as if the job had been killed there, leaving a resumable run (used to test resuming)."""
-    run = setup(cfg)
+    that step, as if the job had been killed there, leaving a resumable run (used to test resuming);
+    ``resume_latest``: see :func:`find_resume_dir`."""
+    run = setup(cfg, resume_latest)
     stop = min(run.total_steps, stop_after_step) if stop_after_step else run.total_steps
     step, speed, last_loss, history = loop(run, stop)
     student_dir, result = finish(run, step) if step >= run.total_steps else (None, None)
@@ -390,7 +392,7 @@ def train(cfg: ExperimentConfig, stop_after_step: int | None = None) -> TrainRes
     return TrainResult(step, speed.rate, last_loss, student_dir, result, history, speed.step_seconds)
 
 
-def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
+def _flat_config(cfg: DistillExperiment) -> dict[str, Any]:
     """Scalar hyper-parameters for trackers (they reject nested values)."""
     flat: dict[str, Any] = {}
 

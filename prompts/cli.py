@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from dfkd.config import ExperimentConfig, write_resolved_config
+from dfkd.configtools import write_resolved_config
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_write
 
+from .config import PromptsExperiment
 from .contrastive import (
     CHECKPOINT_FILE,
     META_FILE,
@@ -37,7 +38,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_prompt_encoder(cfg: ExperimentConfig) -> StyleTextEncoder:
+def load_prompt_encoder(cfg: PromptsExperiment) -> StyleTextEncoder:
     """The text encoder style vectors live in (``cfg.prompt_encoder()``), fp32, on the synth device."""
     model_id, kind = cfg.prompt_encoder()
     return StyleTextEncoder.load(model_id, kind=kind, device=resolve_device(cfg.synth.device),
@@ -56,7 +57,13 @@ def _finished(folder: Path, fingerprint: dict) -> bool:
     return True
 
 
-def learn(cfg: ExperimentConfig, args) -> int:
+def styles_learned(cfg: PromptsExperiment) -> bool:
+    """True when ``OUTPUT_DIR/prompts/contrastive`` holds styles learned for this config (read-only); a bank
+    learned with other settings is a UserError."""
+    return _finished(bank_dir(cfg.out), learn_fingerprint(cfg.prompts, cfg.classes, cfg.seed, cfg.prompt_encoder()[0]))
+
+
+def learn(cfg: PromptsExperiment, args=None) -> int:
     """``dfkd prompts learn``: learn ``K`` Contrastive-Prompt styles (docs/method.md section 3)."""
     # 1. check inputs before any model is loaded
     check_prompt_method(cfg.prompts.method)
@@ -89,7 +96,7 @@ def learn(cfg: ExperimentConfig, args) -> int:
     return 0
 
 
-def _meta(cfg: ExperimentConfig, learner: ContrastiveLearner, losses: list[dict], fingerprint: dict,
+def _meta(cfg: PromptsExperiment, learner: ContrastiveLearner, losses: list[dict], fingerprint: dict,
           words: list[str], kind: str, before: dict, after: dict) -> dict:
     c = cfg.prompts.contrastive
     return {
@@ -105,7 +112,7 @@ def _meta(cfg: ExperimentConfig, learner: ContrastiveLearner, losses: list[dict]
 
 
 # ---------------------------------------------------------------------------------------------- show
-def show(cfg: ExperimentConfig, args) -> int:
+def show(cfg: PromptsExperiment, args) -> int:
     """``dfkd prompts show``: sample prompts, diversity and class consistency of ``prompts.method``."""
     from .diagnostics import describe
 

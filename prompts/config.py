@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol
 
 from dfkd.configtools import check
 
@@ -84,3 +85,23 @@ class PromptsConfig:
         check(len(self.mix_words) > 0 and all(m >= 1 for m in self.mix_words), prefix + "mix_words",
               "must be a non-empty list of word counts >= 1")
         check(self.mix_alpha > 0, prefix + "mix_alpha", "must be positive")
+
+
+class _Device(Protocol):
+    device: str
+
+
+class PromptsExperiment(Protocol):
+    """What the prompts stage reads of an experiment (the roof's ``dfkd.config.ExperimentConfig`` is one): its
+    ``prompts`` section, the shared ``teacher`` section, and the device of synthesis, which it learns on."""
+
+    classes: list[str]
+    seed: int
+    teacher: TeacherConfig
+    prompts: PromptsConfig
+    synth: _Device
+
+    @property
+    def out(self) -> Path: ...
+
+    def prompt_encoder(self) -> tuple[str, str]: ...

@@ -30,13 +30,12 @@ import torch
 from torch import nn
 
 from dfkd.errors import UserError
-from dfkd.runtime import atomic_path, atomic_write
+from dfkd.runtime import atomic_path, atomic_write, derive_seed
 
 from .config import PromptsConfig
 from .encoder import EncoderIdentity, StyleTextEncoder, StyleVectors
 from .styles import (
     EmbeddingStats,
-    derive_seed,
     mean_pairwise_cosine_distance,
     random_styles,
     style_features,

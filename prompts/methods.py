@@ -26,13 +26,13 @@ import torch
 
 from dfkd.errors import UserError
 from dfkd.registry import Registry
+from dfkd.runtime import derive_seed
 
 from .config import PromptsConfig
 from .encoder import STYLE_SLOT, StyleTextEncoder, StyleVectors, TextEncoding
 from .styles import (
     EmbeddingStats,
     WordEmbeddings,
-    derive_seed,
     load_style_dictionary,
     mix_weights,
     random_styles,

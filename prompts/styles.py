@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -40,12 +39,6 @@ def load_style_dictionary(path: str | None = None) -> list[str]:
         where = path or PACKAGE_DICTIONARY
         raise UserError(f"style dictionary '{where}' needs at least 2 distinct words (duplicates: {dupes[:3]})")
     return words
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from ``parts`` (same on every machine and Python run, unlike ``hash``)."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @dataclass

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from dfkd import schema
 from dfkd.runtime import atomic_write
-
-from . import schema
 
 
 def content_id(dataset_dir: Path, cfg) -> str:
@@ -54,7 +53,7 @@ def _size_category(n: int) -> str:
 
 def render_card(cfg, generator_id: str, diagnostics: dict, config_name: str, dataset_dir: Path) -> str:
     """The dataset card; its loading snippet names the folder itself, and ``synth.hub_repo`` when set."""
-    from dfkd.config import dump_config
+    from dfkd.configtools import to_yaml
 
     d = diagnostics
     s = cfg.synth
@@ -92,7 +91,7 @@ def render_card(cfg, generator_id: str, diagnostics: dict, config_name: str, dat
                f"resolution {s.resolution} px, dtype {s.dtype}"), f"- prompt method: `{cfg.prompts.method}`, template `{cfg.prompts.template}`",
               f"- teacher: `{cfg.teacher.model}` (templates `{cfg.teacher.templates}`)",
               f"- seeds: experiment seed {cfg.seed}; each row's `seed` regenerates that image alone", "",
-              "## Resolved config", "", "```yaml", dump_config(cfg).rstrip(), "```", ""]
+              "## Resolved config", "", "```yaml", to_yaml(cfg).rstrip(), "```", ""]
     return "\n".join(lines)
 
 

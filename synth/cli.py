@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dfkd.config import is_main_process, write_resolved_config
+from dfkd.configtools import write_resolved_config
+from dfkd.runtime import is_main_process
 
 
-def main(cfg, args) -> int:
+def main(cfg, args=None) -> int:
     from .run import synthesize
 
     write_resolved_config(cfg)

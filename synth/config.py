@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from dfkd.configtools import check
+from prompts.config import PromptsConfig, TeacherConfig
 
 #: the cutout augmentations synth.backends.cutouts implements
 AUGMENTATIONS = ("affine", "perspective", "color_jitter", "noise")
@@ -102,3 +104,20 @@ class SynthConfig:
         check(self.preview_per_class >= 1, prefix + "preview_per_class", "must be at least 1")
         check(not self.push_to_hub or bool(self.hub_repo), prefix + "hub_repo",
               "must be set (user/name) when synth.push_to_hub=true")
+
+
+class SynthExperiment(Protocol):
+    """What the synth stage reads of an experiment (the roof's ``dfkd.config.ExperimentConfig`` is one): its
+    ``synth`` section and the ``prompts`` and ``teacher`` sections of the stage below it."""
+
+    classes: list[str]
+    seed: int
+    name: str | None
+    teacher: TeacherConfig
+    prompts: PromptsConfig
+    synth: SynthConfig
+
+    @property
+    def out(self) -> Path: ...
+
+    def to_dict(self) -> dict[str, Any]: ...

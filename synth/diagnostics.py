@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfkd import schema
 from prompts.styles import mean_pairwise_cosine_distance
-
-from . import schema
 
 PREVIEW_NAME = "preview.png"
 

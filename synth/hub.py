@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dfkd import schema
 from dfkd.errors import UserError
-
-from . import schema
 
 
 def upload_plan(folder: Path) -> list[str]:

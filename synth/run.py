@@ -6,7 +6,6 @@ split between processes, each process writes its own shards, the main process wr
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from collections.abc import Sequence
@@ -15,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from . import schema
+from dfkd import schema
+from dfkd.runtime import derive_seed
+
 from .backends import Backend, get_backend
 from .plan import ShardSpec, check_or_write_state, plan_shards, write_state
 from .writer import DatasetWriter, done_shards, remove_stale, to_uint8
@@ -167,7 +168,7 @@ def teacher_confidence(teacher, images: torch.Tensor, labels: Sequence[int]) -> 
 
 def retry_seed(seed: int, attempt: int) -> int:
     """A fresh, reproducible seed for filter retry ``attempt`` of an image."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:retry{attempt}".encode()).digest()[:7], "little")
+    return derive_seed("retry", seed, attempt)
 
 
 def generate_shards(cfg, shards: Sequence[ShardSpec], backend: Backend, method, teacher, writer: DatasetWriter,
@@ -237,7 +238,7 @@ def render(records, backend: Backend, method, teacher, store_resolution: int):
 
 
 def row(record, image_future, confidence: float, generator_id: str) -> dict:
-    """One dataset row (see :data:`synth.schema.COLUMNS`)."""
+    """One dataset row (see :data:`dfkd.schema.COLUMNS`)."""
     return {
         "image": image_future,
         "label": int(record.label),

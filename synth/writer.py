@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import schema
+from dfkd import schema
+
 from .plan import ShardSpec
 
 SHARD_TAG_KEY = b"dfkd_shard"

@@ -46,7 +46,7 @@ def write_dataset(root: Path, kind: str, per_class: int, seed: int) -> Path:
     """Write the ``kind`` (real or noise) bound set under ``root``; returns its dataset folder (reused when present)."""
     import datasets
 
-    from synth import schema
+    from dfkd import schema
     from synth.writer import encode_image, to_uint8
 
     images, labels = (real_images if kind == "real" else noise_images)(per_class, seed)

@@ -79,7 +79,8 @@ def _accuracies(run_dir: Path) -> tuple[dict, dict]:
 def run_one(run_dir: Path, overrides: list[str], learn: bool, synth: bool = True) -> dict:
     """prompts -> synth -> distill -> eval in ``run_dir`` (finished stages skipped); numbers and stage times."""
     from dfkd.config import load_config
-    from dfkd.pipeline import eval_done, student_done, synth_done
+    from distill.stage import DistillStage, EvalStage
+    from synth.stage import SynthStage
 
     overrides = [f"output_dir={run_dir}", *overrides]
     cfg = load_config(REPO / CONFIG, overrides)
@@ -93,10 +94,10 @@ def run_one(run_dir: Path, overrides: list[str], learn: bool, synth: bool = True
         seconds = _dfkd("prompts", "learn", *args)
         times["prompts"] = None if bank_there else seconds
     if synth:
-        times["synth"] = None if synth_done(cfg) else _dfkd("synth", *args)
-    if not student_done(cfg):
+        times["synth"] = None if SynthStage().is_done(cfg) else _dfkd("synth", *args)
+    if not DistillStage().is_done(cfg):
         times["distill"] = _dfkd("distill", *args, "eval.data=null")  # eval is timed on its own
-    if not eval_done(cfg):
+    if not EvalStage().is_done(cfg):
         times["eval"] = _dfkd("eval", *args)
     ran = [stage for stage, seconds in times.items() if isinstance(seconds, float)]
     for stage, seconds in times.items():
@@ -280,11 +281,11 @@ def sd_agreement(out: Path, extra: list[str], smoke: bool) -> dict:
                  f"synth.images_per_class={per_class}", *extra, "seed=0"]
     run_dir = out / "sd-check"
     from dfkd.config import load_config
-    from dfkd.pipeline import synth_done
+    from synth.stage import SynthStage
 
     cfg = load_config(REPO / CONFIG, [f"output_dir={run_dir}", *overrides])
     times_file = run_dir / TIMES_FILE
-    if not synth_done(cfg):
+    if not SynthStage().is_done(cfg):
         times_file.write_text(json.dumps(_dfkd("synth", "--config", str(REPO / CONFIG), f"output_dir={run_dir}", *overrides)))
     seconds = json.loads(times_file.read_text()) if times_file.is_file() else 0.0
     diag = json.loads((run_dir / "dataset" / "diagnostics.json").read_text())

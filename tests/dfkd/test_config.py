@@ -5,8 +5,8 @@ import pytest
 import yaml
 from fixtures import REPO_ROOT, TINY_YAML, tiny_config
 
-from dfkd.config import config_from_dict, load_config, write_resolved_config
-from dfkd.configtools import apply_overrides, parse_override
+from dfkd.config import config_from_dict, load_config
+from dfkd.configtools import apply_overrides, parse_override, write_resolved_config
 from dfkd.errors import UserError
 
 

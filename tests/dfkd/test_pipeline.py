@@ -1,7 +1,7 @@
 """`dfkd run` on the tiny config: prompts -> synth -> distill -> eval, then a re-run that skips every stage; and its
 sequencing on one tiny real run (3 classes x 2 images, plain prompts, 2 student steps, one eval domain): what each
 stage says and writes on a first run, a repeated run and a run that lost its evaluation, and the skip checks
-(``synth_done``, ``student_done``, ``eval_done``) on copies of its outputs."""
+(``dataset_is_complete``, ``student_is_current``, ``eval_is_current``) on copies of its outputs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from fixtures import TINY_YAML, tiny_config
 
 from dfkd.cli import main as dfkd_main
 from dfkd.errors import UserError
-from dfkd.pipeline import _summary, eval_done, student_done, synth_done
+from dfkd.pipeline import STAGES, _summary
+from distill.stage import eval_is_current, student_is_current
+from synth.stage import dataset_is_complete
 
 CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
 
@@ -34,7 +36,7 @@ def _fresh_accelerate_state():
 
 @pytest.mark.slow
 def test_dfkd_run_whole_pipeline_then_skips_and_resumes(tmp_path, capsys):
-    from distill.toydata import write_domainbed
+    from dfkd.toydata import write_domainbed
 
     toy = write_domainbed(tmp_path / "toy", CLASSES, per_class=2, size=48)
     argv = ["run", "--config", str(TINY_YAML), f"output_dir={tmp_path / 'run'}", f"eval.data={toy}",
@@ -42,6 +44,7 @@ def test_dfkd_run_whole_pipeline_then_skips_and_resumes(tmp_path, capsys):
     assert dfkd_main(argv) == 0
     out = capsys.readouterr().out
     run = tmp_path / "run"
+    assert "1/4 prompts: learning the 'contrastive' prompt method" in out
     assert (run / "prompts").is_dir() and (run / "dataset" / "preview.png").is_file()
     assert (run / "student" / "model.safetensors").is_file() and (run / "eval.md").is_file()
     for where in ("dataset", "preview grid", "student", "eval table"):
@@ -55,6 +58,7 @@ def test_dfkd_run_whole_pipeline_then_skips_and_resumes(tmp_path, capsys):
     mtime = (run / "student" / "model.safetensors").stat().st_mtime_ns
     assert dfkd_main(argv) == 0
     out = capsys.readouterr().out
+    assert "1/4 prompts: styles in" in out and "are learned for this config; skipping" in out
     assert "synth: dataset" in out and "complete; skipping" in out and "already trained; skipping" in out
     assert (run / "student" / "model.safetensors").stat().st_mtime_ns == mtime
 
@@ -111,27 +115,26 @@ def test_dfkd_run_resumes_a_lost_student_at_its_checkpoint_and_ends_as_a_straigh
                                                                          if not torch.equal(resumed[k], straight[k])]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (fixed by another issue): student_done() compares only the "
+@pytest.mark.xfail(strict=True, reason="known bug (fixed by another issue): student_is_current() compares only the "
                    "student name and classes, so a student trained with other distill settings counts as done "
                    "and `dfkd run` skips training")
 @pytest.mark.parametrize("change", ["distill.lr=0.01", "distill.loss.temperature=2"])
 def test_a_student_of_other_distill_settings_is_not_taken_as_done(tmp_path, change):
-    """`dfkd run` skips distillation when student_done(cfg); a student exported under other distill settings
-    must not count (student_done may also refuse it with a UserError)."""
+    """`dfkd run` skips distillation when student_is_current(cfg); a student exported under other distill settings
+    must not count (student_is_current may also refuse it with a UserError)."""
     from fixtures import tiny_config
 
     from dfkd.errors import UserError
-    from dfkd.pipeline import student_done
-    from distill.toydata import write_synthetic_dataset
+    from dfkd.toydata import write_synthetic_dataset
     from distill.trainer import train
 
     dataset = write_synthetic_dataset(tmp_path / "dataset", CLASSES, per_class=2, size=32)
     common = [f"distill.dataset={dataset}", "distill.student=tiny_cnn", "distill.max_steps=2", "distill.batch_size=4"]
     cfg = tiny_config(tmp_path / "run", *common)
     assert train(cfg).student_dir is not None
-    assert student_done(cfg)
+    assert student_is_current(cfg)
     try:
-        done = student_done(tiny_config(tmp_path / "run", *common, change))
+        done = student_is_current(tiny_config(tmp_path / "run", *common, change))
     except UserError:
         done = False
     assert not done
@@ -177,7 +180,7 @@ def _stamps(out):
 def runs(tmp_path_factory):
     """One output folder taken through three `dfkd run`s: a first run, the same run again, and a run after
     eval.json and eval.md were deleted. Their stdout and the stage files' mtimes after each."""
-    from distill.toydata import write_domainbed
+    from dfkd.toydata import write_domainbed
 
     root = tmp_path_factory.mktemp("pipeline")
     classes = ["dog", "guitar", "house"]
@@ -245,19 +248,20 @@ def test_a_run_that_lost_its_evaluation_evaluates_again_and_nothing_else(runs):
     assert kept == {k: v for k, v in runs.after_first.items() if k not in ("eval.json", "eval.md")}
 
 
-def test_a_contrastive_run_starts_by_learning_its_styles(tmp_path, capsys):
-    """The prompts stage runs (and stops the run, here on a missing style dictionary) before synthesis."""
+def test_a_contrastive_run_checks_the_prompt_stage_before_any_stage_runs(tmp_path, capsys):
+    """Every stage's preflight runs first: a missing style dictionary (the prompts stage's input) stops the run
+    with one line before any stage starts."""
     argv = ["run", "--config", str(TINY_YAML), f"output_dir={tmp_path}", "prompts.method=contrastive",
             f"prompts.style_dictionary={tmp_path / 'no_such_styles.txt'}", "distill.student=tiny_cnn"]
     assert dfkd_main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "style dictionary" in err[0] and "does not exist" in err[0], err
-    assert "1/4 prompts: learning the 'contrastive' prompt method" in captured.out and "2/4" not in captured.out
+    assert "1/4" not in captured.out and "2/4" not in captured.out
     assert not (tmp_path / "dataset").exists()
 
 
-# --- synth_done
+# --- dataset_is_complete
 
 
 @pytest.fixture
@@ -267,16 +271,16 @@ def dataset_copy(runs, tmp_path):
     return tmp_path
 
 
-def test_synth_done_for_the_complete_dataset_of_this_config_and_reads_only(runs, dataset_copy):
+def test_dataset_is_complete_for_the_complete_dataset_of_this_config_and_reads_only(runs, dataset_copy):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in dataset_copy.rglob("*") if p.is_file()}
-    assert synth_done(_cfg(dataset_copy, runs))
+    assert dataset_is_complete(_cfg(dataset_copy, runs))
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in dataset_copy.rglob("*") if p.is_file()} == before
-    assert not synth_done(_cfg(dataset_copy, runs, "synth.overwrite=true"))
-    assert not synth_done(_cfg(dataset_copy / "empty", runs))
+    assert not dataset_is_complete(_cfg(dataset_copy, runs, "synth.overwrite=true"))
+    assert not dataset_is_complete(_cfg(dataset_copy / "empty", runs))
 
 
-def test_synth_done_needs_the_card_and_every_planned_shard(runs, dataset_copy):
-    from synth.schema import CARD_NAME, DATA_DIR
+def test_dataset_is_complete_needs_the_card_and_every_planned_shard(runs, dataset_copy):
+    from dfkd.schema import CARD_NAME, DATA_DIR
 
     cfg = _cfg(dataset_copy, runs)
     shards = sorted((dataset_copy / "dataset" / DATA_DIR).glob("*.parquet"))
@@ -284,20 +288,20 @@ def test_synth_done_needs_the_card_and_every_planned_shard(runs, dataset_copy):
     card = dataset_copy / "dataset" / CARD_NAME
     card_text = card.read_text()
     card.unlink()  # a run killed after its last shard, before the card
-    assert not synth_done(cfg)
+    assert not dataset_is_complete(cfg)
     card.write_text(card_text)
-    assert synth_done(cfg)
-    assert not synth_done(_cfg(dataset_copy, runs, "synth.images_per_class=3"))  # a second shard is planned
+    assert dataset_is_complete(cfg)
+    assert not dataset_is_complete(_cfg(dataset_copy, runs, "synth.images_per_class=3"))  # a second shard is planned
     shards[-1].unlink()
-    assert not synth_done(cfg)
+    assert not dataset_is_complete(cfg)
 
 
-def test_synth_done_refuses_a_dataset_of_another_config(runs, dataset_copy):
+def test_dataset_is_complete_refuses_a_dataset_of_another_config(runs, dataset_copy):
     with pytest.raises(UserError, match="different config"):
-        synth_done(_cfg(dataset_copy, runs, "synth.steps=2"))
+        dataset_is_complete(_cfg(dataset_copy, runs, "synth.steps=2"))
 
 
-# --- student_done
+# --- student_is_current
 
 
 @pytest.fixture
@@ -306,27 +310,27 @@ def student_copy(runs, tmp_path):
     return tmp_path
 
 
-def test_student_done_for_an_exported_student_of_this_student_and_classes(runs, student_copy):
-    assert student_done(_cfg(student_copy, runs))
-    assert not student_done(_cfg(student_copy, runs, "distill.student=resnet18"))
-    assert not student_done(_cfg(student_copy, runs, "classes=[dog,guitar,horse]"))
-    assert not student_done(_cfg(student_copy / "empty", runs))
+def test_student_is_current_for_an_exported_student_of_this_student_and_classes(runs, student_copy):
+    assert student_is_current(_cfg(student_copy, runs))
+    assert not student_is_current(_cfg(student_copy, runs, "distill.student=resnet18"))
+    assert not student_is_current(_cfg(student_copy, runs, "classes=[dog,guitar,horse]"))
+    assert not student_is_current(_cfg(student_copy / "empty", runs))
 
 
-def test_student_done_needs_both_files_and_the_dfkd_metadata(runs, student_copy):
+def test_student_is_current_needs_both_files_and_the_dfkd_metadata(runs, student_copy):
     cfg = _cfg(student_copy, runs)
     config, weights = student_copy / "student" / "config.json", student_copy / "student" / "model.safetensors"
     meta = json.loads(config.read_text())
     weights.rename(weights.with_suffix(".bak"))
-    assert not student_done(cfg)  # a killed export: config written, weights not
+    assert not student_is_current(cfg)  # a killed export: config written, weights not
     weights.with_suffix(".bak").rename(weights)
     config.unlink()
-    assert not student_done(cfg)
+    assert not student_is_current(cfg)
     config.write_text(json.dumps({k: v for k, v in meta.items() if k != "dfkd"}))  # a model saved by another tool
-    assert not student_done(cfg)
+    assert not student_is_current(cfg)
 
 
-# --- eval_done
+# --- eval_is_current
 
 
 @pytest.fixture
@@ -337,32 +341,32 @@ def eval_copy(runs, tmp_path):
     return tmp_path
 
 
-def test_eval_done_for_an_evaluation_of_this_data_not_older_than_the_student(runs, eval_copy):
+def test_eval_is_current_for_an_evaluation_of_this_data_not_older_than_the_student(runs, eval_copy):
     cfg = _cfg(eval_copy, runs)
     student, results = eval_copy / "student" / "model.safetensors", eval_copy / "eval.json"
-    assert eval_done(cfg)
-    assert not eval_done(_cfg(eval_copy, runs, f"eval.data={runs.toy.parent / 'other'}"))
+    assert eval_is_current(cfg)
+    assert not eval_is_current(_cfg(eval_copy, runs, f"eval.data={runs.toy.parent / 'other'}"))
     t = results.stat().st_mtime_ns
     os.utime(student, ns=(t, t))
-    assert eval_done(cfg)  # same time: not older
+    assert eval_is_current(cfg)  # same time: not older
     os.utime(student, ns=(t + 10**9, t + 10**9))
-    assert not eval_done(cfg)  # the student was retrained after this evaluation
+    assert not eval_is_current(cfg)  # the student was retrained after this evaluation
 
 
-def test_eval_done_needs_both_the_results_and_the_student(runs, eval_copy):
+def test_eval_is_current_needs_both_the_results_and_the_student(runs, eval_copy):
     cfg = _cfg(eval_copy, runs)
     (eval_copy / "student" / "model.safetensors").unlink()
-    assert not eval_done(cfg)
+    assert not eval_is_current(cfg)
     shutil.copy2(runs.out / "student" / "model.safetensors", eval_copy / "student" / "model.safetensors")
     (eval_copy / "eval.json").unlink()
-    assert not eval_done(cfg)
+    assert not eval_is_current(cfg)
 
 
 # --- the summary
 
 
 def test_summary_marks_what_was_not_produced_and_prints_no_table(tmp_path, capsys):
-    _summary(tiny_config(tmp_path), show_table=True)
+    _summary(tiny_config(tmp_path), STAGES)
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert all(line + "  (not produced)" in lines for line in _summary_lines(tmp_path)), lines

@@ -9,14 +9,14 @@ from fixtures import TINY_CLASSES, tiny_config
 
 @pytest.fixture(scope="session")
 def syn_dataset(tmp_path_factory):
-    from distill.toydata import write_synthetic_dataset
+    from dfkd.toydata import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("syn") / "dataset", TINY_CLASSES, per_class=8, size=32)
 
 
 @pytest.fixture(scope="session")
 def toy_domains(tmp_path_factory):
-    from distill.toydata import write_domainbed
+    from dfkd.toydata import write_domainbed
 
     return write_domainbed(tmp_path_factory.mktemp("toy") / "toy", TINY_CLASSES, per_class=3, size=48)
 

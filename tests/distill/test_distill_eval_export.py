@@ -57,7 +57,7 @@ def test_distill_then_dfkd_eval_writes_per_domain_table(make_cfg, tmp_path, toy_
 def test_hf_dataset_with_domain_column(tmp_path):
     import datasets
 
-    from distill.toydata import jpeg_bytes, render
+    from dfkd.toydata import jpeg_bytes, render
 
     rng = __import__("numpy").random.default_rng(0)
     rows = {"image": [], "label": [], "domain": []}

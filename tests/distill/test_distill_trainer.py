@@ -165,9 +165,9 @@ def _agreement_and_kl(teacher, student, images):
 
 
 def test_agreement_with_teacher_rises_on_held_out_images(make_cfg, tmp_path):
+    from dfkd.toydata import write_synthetic_dataset
     from distill.export import LoadedStudent
     from distill.students import Preprocessing
-    from distill.toydata import write_synthetic_dataset
 
     held = write_synthetic_dataset(tmp_path / "held_out", TINY_CLASSES, per_class=6, size=32, seed=123)
     ds = load_synthetic(held, TINY_CLASSES)
@@ -220,7 +220,7 @@ def _cli(capsys, *argv):
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, syn_dataset, toy_domains):
     from fixtures import TINY_YAML
 
-    from distill.toydata import write_synthetic_dataset
+    from dfkd.toydata import write_synthetic_dataset
 
     base = ["distill", "--config", str(TINY_YAML), f"output_dir={tmp_path / 'run'}", f"distill.dataset={syn_dataset}",
             "distill.student=tiny_cnn"]

@@ -84,8 +84,8 @@ BUGS = [
         (("info_nce(anchors, positives, memory", "info_nce(anchors, positives.roll(1, 0), memory"),),
         "tests/prompts/test_contrastive.py::test_step_loss_pairs_each_style_with_its_own_positive"),
     Bug("resume-not-passed", "`dfkd run` says it resumes but the checkpoint never reaches distill (retrains)",
-        "dfkd/pipeline.py",
-        (('cfg.distill.resume_from_checkpoint = "latest"', 'resume_from_checkpoint = "latest"'),),
+        "distill/stage.py",
+        (("train_and_report(cfg, resume_latest=True)", "train_and_report(cfg, resume_latest=False)"),),
         "tests/dfkd/test_pipeline.py"
         "::test_dfkd_run_resumes_a_lost_student_at_its_checkpoint_and_ends_as_a_straight_run"),
     Bug("kd-sign", "the KD loss is KL written by hand with the log terms swapped (non-positive)",

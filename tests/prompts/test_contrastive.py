@@ -48,7 +48,8 @@ def test_step_loss_pairs_each_style_with_its_own_positive(encoders):
     """One learner step's L_div equals info_nce of anchors and positives rebuilt by hand from the step seed:
     the step's style batch, the noise, each style in T_style (anchor) and, noised, in T_style' (its positive),
     encoded through the full 77-token encoder path."""
-    from prompts.styles import EmbeddingStats, derive_seed
+    from dfkd.runtime import derive_seed
+    from prompts.styles import EmbeddingStats
 
     enc = encoders["clip"]
     cfg = small_contrastive(num_styles=6, style_batch=4)

@@ -15,6 +15,7 @@ import torch
 from prompts_helpers import CLASSES, small_contrastive, unit
 
 from dfkd.errors import UserError
+from dfkd.runtime import derive_seed
 from prompts.config import ContrastiveConfig, PromptsConfig
 from prompts.contrastive import (
     CHECKPOINT_FILE,
@@ -28,7 +29,7 @@ from prompts.contrastive import (
     load_style_bank,
     save_style_bank,
 )
-from prompts.styles import EmbeddingStats, derive_seed
+from prompts.styles import EmbeddingStats
 
 
 def _l_div_by_hand(v: torch.Tensor, vp: torch.Tensor, memory: torch.Tensor, tau: float) -> torch.Tensor:

@@ -22,7 +22,7 @@ def finished(tmp_path_factory):
 def test_dataset_loads_with_the_contract(finished):
     import datasets
 
-    from synth import schema
+    from dfkd import schema
 
     ds = datasets.load_dataset(str(finished / "dataset"), split="train")
     assert len(ds) == 3 * 2

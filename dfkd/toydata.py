@@ -6,7 +6,7 @@ style: ``photo`` (filled, on a noisy textured background), ``sketch`` (black out
 So the folder has a real domain shift, and numbers on it exercise the evaluation code end to end;
 they say nothing about real-world accuracy.
 
-    python -m distill.toydata runs/toy-eval --config configs/tiny.yaml     # ROOT/<domain>/<class>/*.jpg
+    python -m dfkd.toydata runs/toy-eval --config configs/tiny.yaml     # ROOT/<domain>/<class>/*.jpg
 """
 
 from __future__ import annotations
@@ -105,11 +105,11 @@ def write_domainbed(root: str | Path, classes: Sequence[str], domains: Sequence[
 
 def write_synthetic_dataset(folder: str | Path, classes: Sequence[str], per_class: int = 8, size: int = 32,
                             seed: int = 0, domains: Sequence[str] = DOMAINS, shard_size: int = 64) -> Path:
-    """A stand-in for ``dfkd synth`` output, written to the ``synth/schema.py`` contract (parquet shards in
+    """A stand-in for ``dfkd synth`` output, written to the ``dfkd/schema.py`` contract (parquet shards in
     ``folder/data``): toy images of every class in mixed styles, JPEG bytes at ``size`` px."""
     import datasets
 
-    from synth.schema import DATA_DIR, features
+    from dfkd.schema import DATA_DIR, features
 
     rng = np.random.default_rng(seed)
     rows = {k: [] for k in features(classes)}
@@ -135,7 +135,7 @@ def write_synthetic_dataset(folder: str | Path, classes: Sequence[str], per_clas
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.toydata", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dfkd.toydata", description=__doc__.split("\n\n")[0])
     p.add_argument("root", help="output folder (DomainBed layout)")
     p.add_argument("--config", help="take the classes from this experiment YAML")
     p.add_argument("--classes", help="comma-separated class names (instead of --config)")

@@ -1,0 +1,95 @@
+"""The distill and eval stages of ``dfkd run`` (the contract: :mod:`dfkd.stage`): the student in
+``OUTPUT_DIR/student`` (trained, or resumed from the latest checkpoint), and its evaluation on real data in
+``OUTPUT_DIR/eval.json`` / ``eval.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dfkd.runtime import is_main_process
+from dfkd.stage import Stage
+
+from .config import DistillExperiment
+
+STUDENT_DIR = "student"
+
+
+def student_is_current(cfg: DistillExperiment) -> bool:
+    """True when ``OUTPUT_DIR/student`` holds an exported student of this config's student and classes."""
+    config = cfg.out / STUDENT_DIR / "config.json"
+    if not config.is_file() or not (config.parent / "model.safetensors").is_file():
+        return False
+    meta = json.loads(config.read_text()).get("dfkd", {})
+    return meta.get("classes") == list(cfg.classes) and meta.get("student") == cfg.distill.student
+
+
+def eval_is_current(cfg: DistillExperiment) -> bool:
+    """True when ``OUTPUT_DIR/eval.json`` scores ``eval.data`` and is not older than the student it scored."""
+    path = cfg.out / "eval.json"
+    student = cfg.out / STUDENT_DIR / "model.safetensors"
+    if not path.is_file() or not student.is_file() or path.stat().st_mtime < student.stat().st_mtime:
+        return False
+    return json.loads(path.read_text()).get("data") == cfg.eval.data
+
+
+class DistillStage(Stage):
+    name = "distill"
+
+    def preflight(self, cfg: DistillExperiment) -> None:
+        from .trainer import preflight
+
+        preflight(cfg)  # the student, the resume option, the few-shot and evaluation data
+
+    def is_done(self, cfg: DistillExperiment) -> bool:
+        return student_is_current(cfg)
+
+    def run(self, cfg: DistillExperiment) -> None:
+        from .cli import train_and_report
+
+        train_and_report(cfg, resume_latest=True)
+
+    def done_note(self, cfg: DistillExperiment) -> str:
+        return f"student {cfg.out / STUDENT_DIR} already trained; skipping"
+
+    def run_note(self, cfg: DistillExperiment) -> str:
+        from .trainer import list_checkpoints
+
+        if list_checkpoints(cfg.out) and not cfg.distill.resume_from_checkpoint:
+            return "resuming from the latest checkpoint"
+        return "training the student"
+
+    def outputs(self, cfg: DistillExperiment) -> dict[str, Path]:
+        return {"student": cfg.out / STUDENT_DIR}
+
+
+class EvalStage(Stage):
+    name = "eval"
+
+    def preflight(self, cfg: DistillExperiment) -> None:
+        """Nothing of its own: the distill stage's preflight reads the evaluation data (distill evaluates too)."""
+
+    def is_done(self, cfg: DistillExperiment) -> bool:
+        return not cfg.eval.data or eval_is_current(cfg)
+
+    def run(self, cfg: DistillExperiment) -> None:
+        from .cli import run_evaluation
+
+        run_evaluation(cfg)
+        if is_main_process():
+            print(f"dfkd eval: results -> {cfg.out / 'eval.json'} and {cfg.out / 'eval.md'}")
+
+    def done_note(self, cfg: DistillExperiment) -> str:
+        if not cfg.eval.data:
+            return "eval.data is not set; skipping evaluation on real data"
+        return f"done ({cfg.out / 'eval.md'})"
+
+    def run_note(self, cfg: DistillExperiment) -> str:
+        return "evaluating teacher and student"
+
+    def outputs(self, cfg: DistillExperiment) -> dict[str, Path]:
+        return {"eval table": cfg.out / "eval.md"}
+
+    def report(self, cfg: DistillExperiment) -> str:
+        path = cfg.out / "eval.md"
+        return path.read_text() if cfg.eval.data and eval_is_current(cfg) and path.is_file() else ""
