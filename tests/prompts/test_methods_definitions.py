@@ -17,6 +17,7 @@ import torch
 from prompts_helpers import CLASSES
 
 from dfkd.errors import UserError
+from dfkd.runtime import derive_seed
 from prompts.config import PromptsConfig
 from prompts.contrastive import bank_dir, save_style_bank
 from prompts.methods import (
@@ -29,7 +30,6 @@ from prompts.methods import (
 )
 from prompts.styles import (
     EmbeddingStats,
-    derive_seed,
     load_style_dictionary,
     mean_pairwise_cosine_distance,
     random_styles,
