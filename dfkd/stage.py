@@ -15,7 +15,22 @@ changes no config. Each stage also says, in one line each, why it skips and what
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+
+class Experiment(Protocol):
+    """What every stage reads of an experiment; each stage's config module extends it with the sections it
+    reads (``PromptsExperiment``, ``SynthExperiment``, ``DistillExperiment``). The roof's
+    ``dfkd.config.ExperimentConfig`` is all of them."""
+
+    classes: list[str]
+    seed: int
+    name: str | None
+
+    @property
+    def out(self) -> Path: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class Stage:

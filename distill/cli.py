@@ -9,6 +9,7 @@ from dfkd.errors import UserError
 from dfkd.runtime import is_main_process
 
 from .config import DistillExperiment
+from .stage import STUDENT_DIR
 
 
 def main(cfg: DistillExperiment, args=None) -> int:
@@ -42,8 +43,12 @@ def evaluate(cfg: DistillExperiment, args=None) -> int:
         from .evaluate import markdown_table
 
         print(markdown_table(result), end="")
-        print(f"dfkd eval: results -> {cfg.out / 'eval.json'} and {cfg.out / 'eval.md'}")
+        report_eval_files(cfg)
     return 0
+
+
+def report_eval_files(cfg: DistillExperiment) -> None:
+    print(f"dfkd eval: results -> {cfg.out / 'eval.json'} and {cfg.out / 'eval.md'}")
 
 
 def run_evaluation(cfg: DistillExperiment) -> dict:
@@ -62,7 +67,7 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
         raise UserError("eval.data is not set; pass eval.data=ROOT (a DomainBed folder ROOT/<domain>/<class>/*.jpg) "
                         "or a Hugging Face dataset with a domain column")
     domains = read_real(e.data, cfg.classes, e.domains, e.split, e.domain_column, e.label_column, e.image_column)
-    student_dir = Path(e.student) if e.student else cfg.out / "student"
+    student_dir = Path(e.student) if e.student else cfg.out / STUDENT_DIR
     accelerator = Accelerator(mixed_precision=cfg.distill.mixed_precision, cpu=multi_process_cpu())
     student = load_student(student_dir, accelerator.device)
     if student.classes != list(cfg.classes):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from dfkd.configtools import check
+from dfkd.stage import Experiment
 from prompts.config import TeacherConfig
 
 
@@ -137,19 +137,10 @@ class EvalConfig:
               prefix + "max_images_per_domain", "must be at least 1")
 
 
-class DistillExperiment(Protocol):
-    """What the distill stage reads of an experiment (the roof's ``dfkd.config.ExperimentConfig`` is one): its
-    ``distill`` and ``eval`` sections and the shared ``teacher`` section. What the images were made with, it
-    reads from the dataset, not from the config."""
+class DistillExperiment(Experiment, Protocol):
+    """What the distill stage reads of an experiment: its ``distill`` and ``eval`` sections and the shared
+    ``teacher`` section. What the images were made with, it reads from the dataset, not from the config."""
 
-    classes: list[str]
-    seed: int
-    name: str | None
     teacher: TeacherConfig
     distill: DistillConfig
     eval: EvalConfig
-
-    @property
-    def out(self) -> Path: ...
-
-    def to_dict(self) -> dict[str, Any]: ...

@@ -53,11 +53,12 @@ class DistillStage(Stage):
         return f"student {cfg.out / STUDENT_DIR} already trained; skipping"
 
     def run_note(self, cfg: DistillExperiment) -> str:
-        from .trainer import list_checkpoints
+        from .trainer import find_resume_dir
 
-        if list_checkpoints(cfg.out) and not cfg.distill.resume_from_checkpoint:
-            return "resuming from the latest checkpoint"
-        return "training the student"
+        resume = find_resume_dir(cfg, resume_latest=True)  # the checkpoint run() will resume, if any
+        if resume is None:
+            return "training the student"
+        return "resuming from the latest checkpoint" if not cfg.distill.resume_from_checkpoint else f"resuming from {resume}"
 
     def outputs(self, cfg: DistillExperiment) -> dict[str, Path]:
         return {"student": cfg.out / STUDENT_DIR}
@@ -73,11 +74,11 @@ class EvalStage(Stage):
         return not cfg.eval.data or eval_is_current(cfg)
 
     def run(self, cfg: DistillExperiment) -> None:
-        from .cli import run_evaluation
+        from .cli import report_eval_files, run_evaluation
 
         run_evaluation(cfg)
         if is_main_process():
-            print(f"dfkd eval: results -> {cfg.out / 'eval.json'} and {cfg.out / 'eval.md'}")
+            report_eval_files(cfg)
 
     def done_note(self, cfg: DistillExperiment) -> str:
         if not cfg.eval.data:

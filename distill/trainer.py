@@ -45,6 +45,7 @@ from .data import (
     stored_size,
 )
 from .losses import loss_weights
+from .stage import STUDENT_DIR
 from .step import make_optimizer, make_scheduler, total_steps, train_step
 from .students import (
     DistillStudent,
@@ -366,7 +367,7 @@ def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
     if result is None:
         acc.print("dfkd distill: eval.data is not set, skipping evaluation on real data "
                   "(set eval.data=ROOT of a DomainBed folder to evaluate)")
-    student_dir = cfg.out / "student"
+    student_dir = cfg.out / STUDENT_DIR
     if acc.is_main_process:
         meta = student_meta(cfg, run.inputs.kind, run.inputs.pre, dataset=str(run.inputs.dataset_dir),
                             **dataset_provenance(run.inputs.dataset), steps=step, images=len(run.data),

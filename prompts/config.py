@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Protocol
 
 from dfkd.configtools import check
+from dfkd.stage import Experiment
 
 
 @dataclass
@@ -91,17 +91,12 @@ class _Device(Protocol):
     device: str
 
 
-class PromptsExperiment(Protocol):
-    """What the prompts stage reads of an experiment (the roof's ``dfkd.config.ExperimentConfig`` is one): its
-    ``prompts`` section, the shared ``teacher`` section, and the device of synthesis, which it learns on."""
+class PromptsExperiment(Experiment, Protocol):
+    """What the prompts stage reads of an experiment: its ``prompts`` section, the shared ``teacher`` section,
+    the device of synthesis (which it learns on) and the text encoder the experiment's backend declares."""
 
-    classes: list[str]
-    seed: int
     teacher: TeacherConfig
     prompts: PromptsConfig
     synth: _Device
-
-    @property
-    def out(self) -> Path: ...
 
     def prompt_encoder(self) -> tuple[str, str]: ...

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from dfkd.configtools import check
+from dfkd.stage import Experiment
 from prompts.config import PromptsConfig, TeacherConfig
 
 #: the cutout augmentations synth.backends.cutouts implements
@@ -106,18 +106,10 @@ class SynthConfig:
               "must be set (user/name) when synth.push_to_hub=true")
 
 
-class SynthExperiment(Protocol):
-    """What the synth stage reads of an experiment (the roof's ``dfkd.config.ExperimentConfig`` is one): its
-    ``synth`` section and the ``prompts`` and ``teacher`` sections of the stage below it."""
+class SynthExperiment(Experiment, Protocol):
+    """What the synth stage reads of an experiment: its ``synth`` section and the ``prompts`` and ``teacher``
+    sections of the stage below it."""
 
-    classes: list[str]
-    seed: int
-    name: str | None
     teacher: TeacherConfig
     prompts: PromptsConfig
     synth: SynthConfig
-
-    @property
-    def out(self) -> Path: ...
-
-    def to_dict(self) -> dict[str, Any]: ...

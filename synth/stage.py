@@ -30,10 +30,9 @@ class SynthStage(Stage):
 
     def preflight(self, cfg: SynthExperiment) -> None:
         from .backends import get_backend
-        from .plan import check_or_write_state, plan_shards
+        from .plan import check_or_write_state
 
         get_backend(cfg.synth.backend)
-        plan_shards(len(cfg.classes), cfg.synth.images_per_class, cfg.synth.shard_size)
         check_or_write_state(cfg.out / schema.DATASET_DIR, cfg, cfg.synth.overwrite, write=False)
 
     def is_done(self, cfg: SynthExperiment) -> bool:
