@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -72,7 +72,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     with DatasetWriter(dataset_dir, cfg.classes, image_format=s.image_format, jpeg_quality=s.jpeg_quality,
                        store_resolution=s.store_resolution, threads=s.writer_threads) as writer:
         gen_start = time.perf_counter()
-        generated = generate_shards(cfg, mine, backend, method, teacher, writer, show=state.is_main_process)
+        generated = RowMaker(s, backend, method, teacher).shards(mine, writer, show=state.is_main_process)
     gen_seconds = time.perf_counter() - gen_start  # the last shards' writes included
     state.wait_for_everyone()
 
@@ -171,70 +171,85 @@ def retry_seed(seed: int, attempt: int) -> int:
     return derive_seed("retry", seed, attempt)
 
 
-def generate_shards(cfg, shards: Sequence[ShardSpec], backend: Backend, method, teacher, writer: DatasetWriter,
-                    *, show: bool = True) -> int:
-    """Generate ``shards`` and queue them to ``writer``; returns the number of images generated."""
-    from tqdm.auto import tqdm
+@dataclass
+class FilterCounts:
+    """What the teacher-confidence filter did to a shard (stored in the shard's metadata)."""
 
-    s = cfg.synth
-    total = sum(len(sp.keys) for sp in shards)
-    bar = tqdm(total=total, unit="img", desc="synth", disable=not (show and s.progress), dynamic_ncols=True)
-    generated = 0
-    for spec in shards:
-        rows, info = [], {"generated": 0, "regenerated": 0, "dropped": 0, "below_threshold": 0}
-        for keys in spec.batches(s.batch_size):
-            batch_rows, n = make_batch(keys, cfg, backend, method, teacher, writer, info)
-            rows += batch_rows
-            generated += n
-            bar.update(len(keys))
-        writer.write_shard(spec, rows, info)
-    bar.close()
-    return generated
+    generated: int = 0  #: images generated, retries included
+    regenerated: int = 0
+    dropped: int = 0
+    below_threshold: int = 0  #: kept or dropped rows still below the threshold
+
+    def __add__(self, other: FilterCounts) -> FilterCounts:
+        return FilterCounts(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
 
-def make_batch(keys, cfg, backend: Backend, method, teacher, writer: DatasetWriter, info: dict) -> tuple[list[dict], int]:
-    """Rows for one batch of keys (images queued for encoding) and the number of images generated;
-    applies the optional teacher-confidence filter and counts what it did into ``info``."""
-    f, size = cfg.synth.filter, cfg.synth.store_resolution
-    records = [method.record(label, index) for label, index in keys]
-    arrays, conf = render(records, backend, method, teacher, size)
-    generated = len(records)
-    if f.enabled and f.mode == "regenerate":
-        generated += regenerate_low(records, arrays, conf, f, backend, method, teacher, size, info)
-    low = [f.enabled and c < f.threshold for c in conf.tolist()]
-    keep = [i for i in range(len(records)) if not (f.mode == "drop" and low[i])]
-    info["generated"] += generated
-    info["below_threshold"] += sum(low)
-    info["dropped"] += len(records) - len(keep)
-    futures = writer.encode(arrays[keep])
-    return [row(records[i], fut, float(conf[i]), backend.generator_id) for i, fut in zip(keep, futures)], generated
+@dataclass
+class RowMaker:
+    """Turns (label, index) keys into dataset rows: the prompt method encodes, the backend draws, the
+    teacher scores (and, when the filter is on, sends low-confidence images back for another seed)."""
 
+    synth: object  #: the ``synth`` config section
+    backend: Backend
+    method: object
+    teacher: object
 
-def regenerate_low(records: list, arrays, conf: torch.Tensor, f, backend: Backend, method, teacher, size: int,
-                   info: dict) -> int:
-    """Regenerate, in place and with fresh seeds, the images below ``f.threshold`` (at most ``f.max_tries``
-    times); returns how many extra images were generated."""
-    extra = 0
-    for attempt in range(1, f.max_tries + 1):
-        low = [i for i, c in enumerate(conf.tolist()) if c < f.threshold]
-        if not low:
-            break
-        retry = [replace(records[i], seed=retry_seed(records[i].seed, attempt)) for i in low]
-        new_arrays, new_conf = render(retry, backend, method, teacher, size)
-        for j, i in enumerate(low):
-            records[i], arrays[i], conf[i] = retry[j], new_arrays[j], new_conf[j]
-        extra += len(low)
-    info["regenerated"] += extra
-    return extra
+    def shards(self, shards: Sequence[ShardSpec], writer: DatasetWriter, *, show: bool = True) -> int:
+        """Generate ``shards`` and queue them to ``writer``; returns the number of images generated."""
+        from tqdm.auto import tqdm
 
+        total = sum(len(sp.keys) for sp in shards)
+        bar = tqdm(total=total, unit="img", desc="synth", disable=not (show and self.synth.progress),
+                   dynamic_ncols=True)
+        generated = 0
+        for spec in shards:
+            rows, counts = [], FilterCounts()
+            for keys in spec.batches(self.synth.batch_size):
+                batch_rows, batch_counts = self.batch(keys, writer)
+                rows += batch_rows
+                counts += batch_counts
+                bar.update(len(keys))
+            generated += counts.generated
+            writer.write_shard(spec, rows, asdict(counts))
+        bar.close()
+        return generated
 
-def render(records, backend: Backend, method, teacher, store_resolution: int):
-    """Generate ``records``: (``(B, S, S, 3)`` uint8 stored pixels, ``(B,)`` teacher confidence on those pixels)."""
-    encoding = method.encode(records)  # no_grad inside
-    images = backend.generate(records, encoding)
-    arrays = to_uint8(images, store_resolution)
-    stored = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
-    return arrays, teacher_confidence(teacher, stored, [r.label for r in records])
+    def batch(self, keys, writer: DatasetWriter) -> tuple[list[dict], FilterCounts]:
+        """Rows for one batch of keys (images queued for encoding) and what the optional
+        teacher-confidence filter did."""
+        f = self.synth.filter
+        records = [self.method.record(label, index) for label, index in keys]
+        arrays, conf = self.render(records)
+        extra = self.regenerate_low(records, arrays, conf) if f.enabled and f.mode == "regenerate" else 0
+        low = [f.enabled and c < f.threshold for c in conf.tolist()]
+        keep = [i for i in range(len(records)) if not (f.mode == "drop" and low[i])]
+        counts = FilterCounts(len(records) + extra, extra, len(records) - len(keep), sum(low))
+        futures = writer.encode(arrays[keep])
+        generator_id = self.backend.generator_id
+        return [row(records[i], fut, float(conf[i]), generator_id) for i, fut in zip(keep, futures)], counts
+
+    def regenerate_low(self, records: list, arrays, conf: torch.Tensor) -> int:
+        """Regenerate, in place and with fresh seeds, the images below the filter's threshold (at most
+        ``max_tries`` times); returns how many extra images were generated."""
+        f, extra = self.synth.filter, 0
+        for attempt in range(1, f.max_tries + 1):
+            low = [i for i, c in enumerate(conf.tolist()) if c < f.threshold]
+            if not low:
+                break
+            retry = [replace(records[i], seed=retry_seed(records[i].seed, attempt)) for i in low]
+            new_arrays, new_conf = self.render(retry)
+            for j, i in enumerate(low):
+                records[i], arrays[i], conf[i] = retry[j], new_arrays[j], new_conf[j]
+            extra += len(low)
+        return extra
+
+    def render(self, records):
+        """Generate ``records``: (``(B, S, S, 3)`` uint8 stored pixels, ``(B,)`` teacher confidence on those pixels)."""
+        encoding = self.method.encode(records)  # no_grad inside
+        images = self.backend.generate(records, encoding)
+        arrays = to_uint8(images, self.synth.store_resolution)
+        stored = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
+        return arrays, teacher_confidence(self.teacher, stored, [r.label for r in records])
 
 
 def row(record, image_future, confidence: float, generator_id: str) -> dict:
