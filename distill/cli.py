@@ -58,7 +58,7 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
     from dfkd.runtime import multi_process_cpu
 
     from .data import read_real
-    from .evaluate import evaluate_models, write_eval
+    from .evaluate import Evaluator, write_eval
     from .export import load_student
     from .teacher import load_teacher
 
@@ -66,7 +66,7 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
     if not e.data:
         raise UserError("eval.data is not set; pass eval.data=ROOT (a DomainBed folder ROOT/<domain>/<class>/*.jpg) "
                         "or a Hugging Face dataset with a domain column")
-    domains = read_real(e.data, cfg.classes, e.domains, e.split, e.domain_column, e.label_column, e.image_column)
+    domains = read_real(e.data, cfg.classes, e, e.domains)
     student_dir = Path(e.student) if e.student else cfg.out / STUDENT_DIR
     accelerator = Accelerator(mixed_precision=cfg.distill.mixed_precision, cpu=multi_process_cpu())
     student = load_student(student_dir, accelerator.device)
@@ -75,8 +75,8 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
                         "config's; evaluate it with the config it was trained with")
     teacher = load_teacher(cfg.teacher.model, cfg.classes, cfg.teacher.templates, student.pre.mean, student.pre.std,
                            accelerator.device, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
-    result = evaluate_models(teacher, student.model, student.pre, domains, e, accelerator,
-                             num_workers=cfg.distill.num_workers)
+    evaluator = Evaluator(teacher, student.model, student.pre, e, accelerator, cfg.distill.num_workers)
+    result = evaluator.run(domains)
     if accelerator.is_main_process:
         write_eval(result, cfg.out, {"data": e.data, "student": str(student_dir), "teacher": cfg.teacher.model})
     return result

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from dfkd.errors import UserError
 
 from .augment import center_square_box
+from .config import EvalConfig
 
 # torchvision 0.29 deprecates its decoders in favour of torchcodec; they remain the fastest JPEG path here.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -203,20 +204,21 @@ class Batch:
 class TrainData:
     """The training set behind :meth:`batches`: device-resident tensors or a DataLoader."""
 
-    def __init__(self, plan: BatchPlan, device: torch.device, images: torch.Tensor | None = None,
-                 labels: torch.Tensor | None = None, is_real: torch.Tensor | None = None,
-                 dataset: torch.utils.data.Dataset | None = None, num_workers: int = 0):
+    def __init__(self, plan: BatchPlan, device: torch.device, data: Batch | torch.utils.data.Dataset,
+                 num_workers: int = 0):
+        """``data``: every item as one :class:`Batch` of tensors (kept on ``device``), or a Dataset read by a
+        DataLoader with ``num_workers`` workers."""
         self.plan, self.device = plan, device
-        self.resident = images is not None
+        self.resident = isinstance(data, Batch)
         if self.resident:
-            self.images = images.to(device)
-            self.labels = labels.to(device)
-            self.is_real = is_real.to(device)
+            self.images = data.images.to(device)
+            self.labels = data.labels.to(device)
+            self.is_real = data.is_real.to(device)
         else:
             self.sampler = PlannedBatches(plan)
             pin = device.type == "cuda"
             self.loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin,
+                data, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin,
                 persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0),
             )
 
@@ -312,11 +314,14 @@ def read_domainbed(root: str | Path, classes: Sequence[str], domains: Sequence[s
     return out
 
 
-def read_hf_domains(path: str, classes: Sequence[str], split: str, domain_column: str, label_column: str,
-                    image_column: str, domains: Sequence[str] | None = None) -> list[RealImages]:
-    """A Hugging Face dataset (local folder or Hub id) with a domain column -> one :class:`RealImages` per domain."""
+def read_hf_domains(path: str, classes: Sequence[str], layout: EvalConfig,
+                    domains: Sequence[str] | None = None) -> list[RealImages]:
+    """A Hugging Face dataset (local folder or Hub id) with a domain column -> one :class:`RealImages` per domain;
+    ``layout`` (the ``eval`` section) names the split and the domain, label and image columns."""
     import datasets
 
+    split = layout.split
+    domain_column, label_column, image_column = layout.domain_column, layout.label_column, layout.image_column
     try:
         ds = datasets.load_dataset(path, split=split)
     except (FileNotFoundError, ValueError, OSError) as exc:
@@ -342,16 +347,17 @@ def read_hf_domains(path: str, classes: Sequence[str], split: str, domain_column
     return out
 
 
-def read_real(path: str, classes: Sequence[str], domains: Sequence[str] | None = None, split: str = "test",
-              domain_column: str = "domain", label_column: str = "label", image_column: str = "image") -> list[RealImages]:
-    """A DomainBed folder when ``path`` is a folder of domain folders, else a Hugging Face dataset."""
+def read_real(path: str, classes: Sequence[str], layout: EvalConfig | None = None,
+              domains: Sequence[str] | None = None) -> list[RealImages]:
+    """A DomainBed folder when ``path`` is a folder of domain folders, else a Hugging Face dataset (split and
+    columns from ``layout``, the ``eval`` section; its defaults when not given). ``domains`` filters."""
     p = Path(path)
     if p.is_dir() and not (p / "data").is_dir() and not any(p.glob("*.parquet")):
         return read_domainbed(p, classes, domains)
     if not p.exists() and ("/" not in path or path.startswith((".", "/"))):
         raise UserError(f"evaluation data '{path}' does not exist; give a DomainBed folder ROOT/<domain>/<class>/*.jpg "
                         "or a Hugging Face dataset id")
-    return read_hf_domains(path, classes, split, domain_column, label_column, image_column, domains)
+    return read_hf_domains(path, classes, layout or EvalConfig(), domains)
 
 
 def few_shot_images(real: RealImages, shots: int, num_classes: int, size: tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,47 +53,57 @@ def domain_indices(real: RealImages, limit: int | None, rank: int, world: int) -
     return idx[rank::world]
 
 
-@torch.no_grad()
-def score_domain(teacher, student, pre: Preprocessing, real: RealImages, ecfg: EvalConfig, accelerator,
-                 with_teacher: bool, num_workers: int = 0) -> torch.Tensor:
-    """``(3,)`` float64 counts summed over processes: [teacher correct, student correct, images]."""
-    device = accelerator.device
-    view = max(pre.input_size, teacher.clip.image_size) if with_teacher else pre.input_size
-    idx = domain_indices(real, ecfg.max_images_per_domain, accelerator.process_index, accelerator.num_processes)
-    loader = torch.utils.data.DataLoader(SquareViews(real, idx, view), batch_size=ecfg.batch_size, num_workers=num_workers)
-    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
-    counts = torch.zeros(3, dtype=torch.float64, device=device)
-    bar = tqdm(loader, desc=f"eval {real.domain}", unit="batch", leave=False, dynamic_ncols=True,
-               disable=not accelerator.is_local_main_process)
-    for images, labels in bar:
-        x = images.to(device).float() / 255
-        labels = labels.to(device)
-        if with_teacher:
-            counts[0] += (teacher.from_pixels(x).logits.argmax(-1) == labels).sum()
-        xs = F.interpolate(x, size=(pre.input_size,) * 2, mode="bilinear", antialias=True) if view != pre.input_size else x
-        with accelerator.autocast():
-            counts[1] += (_logits(student, normalize(xs, mean, std)).argmax(-1) == labels).sum()
-        counts[2] += len(labels)
-    return accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
+@dataclass
+class Evaluator:
+    """The teacher and the student scored side by side on real domains, under one Accelerate launch."""
 
+    teacher: Any  #: :class:`~distill.teacher.DistillTeacher`
+    student: torch.nn.Module
+    pre: Preprocessing  #: the student's input size and normalisation
+    settings: EvalConfig  #: the ``eval`` section (batch size, images per domain)
+    accelerator: Any
+    num_workers: int = 0
 
-def evaluate_models(teacher, student, pre: Preprocessing, domains: list[RealImages], ecfg: EvalConfig, accelerator,
-                    with_teacher: bool = True, num_workers: int = 0) -> dict[str, Any]:
-    """Per-domain top-1 (%) and the mean over domains for the teacher and the student."""
-    student = accelerator.unwrap_model(student)
-    was_training = student.training
-    student.eval()
-    rows = []
-    for real in domains:
-        t, s, n = score_domain(teacher, student, pre, real, ecfg, accelerator, with_teacher, num_workers).tolist()
-        rows.append({"domain": real.domain, "images": int(n),
-                     "teacher": 100 * t / max(n, 1) if with_teacher else None, "student": 100 * s / max(n, 1)})
-    student.train(was_training)
-    mean = {who: (sum(r[who] for r in rows) / len(rows) if rows and rows[0][who] is not None else None)
-            for who in ("teacher", "student")}
-    flat = {who: {**{r["domain"]: r[who] for r in rows}, "mean": mean[who]} for who in ("teacher", "student")}
-    return {"domains": rows, "mean": mean, "teacher_flat": flat["teacher"], "student_flat": flat["student"]}
+    @torch.no_grad()
+    def score(self, real: RealImages, with_teacher: bool) -> torch.Tensor:
+        """``(3,)`` float64 counts summed over processes: [teacher correct, student correct, images]."""
+        acc, pre, teacher = self.accelerator, self.pre, self.teacher
+        device = acc.device
+        view = max(pre.input_size, teacher.clip.image_size) if with_teacher else pre.input_size
+        idx = domain_indices(real, self.settings.max_images_per_domain, acc.process_index, acc.num_processes)
+        loader = torch.utils.data.DataLoader(SquareViews(real, idx, view), batch_size=self.settings.batch_size,
+                                             num_workers=self.num_workers)
+        mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+        counts = torch.zeros(3, dtype=torch.float64, device=device)
+        bar = tqdm(loader, desc=f"eval {real.domain}", unit="batch", leave=False, dynamic_ncols=True,
+                   disable=not acc.is_local_main_process)
+        for images, labels in bar:
+            x = images.to(device).float() / 255
+            labels = labels.to(device)
+            if with_teacher:
+                counts[0] += (teacher.from_pixels(x).logits.argmax(-1) == labels).sum()
+            xs = F.interpolate(x, size=(pre.input_size,) * 2, mode="bilinear", antialias=True) if view != pre.input_size else x
+            with acc.autocast():
+                counts[1] += (_logits(self.student, normalize(xs, mean, std)).argmax(-1) == labels).sum()
+            counts[2] += len(labels)
+        return acc.reduce(counts, reduction="sum") if acc.num_processes > 1 else counts
+
+    def run(self, domains: list[RealImages], with_teacher: bool = True) -> dict[str, Any]:
+        """Per-domain top-1 (%) and the mean over domains for the teacher and the student."""
+        student = self.student = self.accelerator.unwrap_model(self.student)
+        was_training = student.training
+        student.eval()
+        rows = []
+        for real in domains:
+            t, s, n = self.score(real, with_teacher).tolist()
+            rows.append({"domain": real.domain, "images": int(n),
+                         "teacher": 100 * t / max(n, 1) if with_teacher else None, "student": 100 * s / max(n, 1)})
+        student.train(was_training)
+        mean = {who: (sum(r[who] for r in rows) / len(rows) if rows and rows[0][who] is not None else None)
+                for who in ("teacher", "student")}
+        flat = {who: {**{r["domain"]: r[who] for r in rows}, "mean": mean[who]} for who in ("teacher", "student")}
+        return {"domains": rows, "mean": mean, "teacher_flat": flat["teacher"], "student_flat": flat["student"]}
 
 
 def markdown_table(result: dict[str, Any]) -> str:

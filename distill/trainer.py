@@ -34,6 +34,7 @@ from .augment import step_generator
 from .config import DistillExperiment
 from .data import (
     ArrowImages,
+    Batch,
     BatchPlan,
     RealImages,
     TrainData,
@@ -138,10 +139,8 @@ def read_real_inputs(cfg: DistillExperiment) -> tuple[RealImages | None, list[Re
     few = None
     if d.few_shot.shots > 0:
         domains = [d.few_shot.domain] if d.few_shot.domain else None
-        few = read_real(d.few_shot.data, cfg.classes, domains, e.split, e.domain_column, e.label_column,
-                        e.image_column)[0]
-    evals = read_real(e.data, cfg.classes, e.domains, e.split, e.domain_column, e.label_column,
-                      e.image_column) if e.data else None
+        few = read_real(d.few_shot.data, cfg.classes, e, domains)[0]
+    evals = read_real(e.data, cfg.classes, e, e.domains) if e.data else None
     return few, evals
 
 
@@ -204,14 +203,14 @@ def build_train_data(cfg: DistillExperiment, inputs: Inputs, accelerator) -> Tra
     if not fits_on_device(nbytes, accelerator.device, d.device_resident):
         if inputs.few_shot is not None:
             raise UserError("few-shot training needs the synthetic set in memory; set distill.device_resident=always")
-        return TrainData(plan, accelerator.device, dataset=syn, num_workers=d.num_workers)
+        return TrainData(plan, accelerator.device, syn, num_workers=d.num_workers)
     images, labels = decode_all(syn, num_workers=d.num_workers, show=accelerator.is_local_main_process)
     is_real = torch.zeros(len(labels), dtype=torch.bool)
     if inputs.few_shot is not None:
         real_x, real_y = few_shot_images(inputs.few_shot, d.few_shot.shots, len(cfg.classes), size, cfg.seed)
         images, labels = torch.cat([images, real_x]), torch.cat([labels, real_y])
         is_real = torch.cat([is_real, torch.ones(len(real_y), dtype=torch.bool)])
-    return TrainData(plan, accelerator.device, images, labels, is_real)
+    return TrainData(plan, accelerator.device, Batch(images, labels, is_real))
 
 
 # ----------------------------------------------------------------------------- 7. checkpoints
@@ -346,10 +345,10 @@ def loop(run: Run, stop: int) -> tuple[int, Throughput, float, list[dict[str, fl
 
 
 def _log_eval(run: Run, step: int, with_teacher: bool = True) -> dict[str, Any]:
-    from .evaluate import evaluate_models
+    from .evaluate import Evaluator
 
-    result = evaluate_models(run.teacher, run.model, run.inputs.pre, run.inputs.eval_domains, run.cfg.eval,
-                             run.accelerator, with_teacher=with_teacher)
+    evaluator = Evaluator(run.teacher, run.model, run.inputs.pre, run.cfg.eval, run.accelerator)
+    result = evaluator.run(run.inputs.eval_domains, with_teacher=with_teacher)
     who = ("teacher", "student") if with_teacher else ("student",)
     run.accelerator.log({f"eval/{w}/{k}": v for w in who for k, v in result[f"{w}_flat"].items()}, step=step)
     return result
