@@ -37,8 +37,9 @@ def _star(cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float
              cy + (r if k % 2 == 0 else r / 2.5) * math.sin(rot + math.pi * k / 5)) for k in range(10)]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rot: float,
-                fill, outline, width: int) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, pose: tuple[float, float, float, float], pen: tuple) -> None:
+    """``pose``: centre x, centre y, radius, rotation; ``pen``: fill, outline, line width."""
+    (cx, cy, r, rot), (fill, outline, width) = pose, pen
     box = [cx - r, cy - r, cx + r, cy + r]
     if shape == "circle":
         draw.ellipse(box, fill=fill, outline=outline, width=width)
@@ -61,24 +62,25 @@ def render(label: int, num_classes: int, domain: str, rng: np.random.Generator, 
     colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.85, 0.9))
     cx, cy = size * rng.uniform(0.35, 0.65), size * rng.uniform(0.35, 0.65)
     r, rot = size * rng.uniform(0.22, 0.34), rng.uniform(0, 2 * math.pi)
+    pose = (cx, cy, r, rot)
     if domain == "photo":
         bg = (rng.normal(110, 40, (size, size, 3)) + np.linspace(0, 60, size)[:, None, None]).clip(0, 255)
         img = Image.fromarray(bg.astype(np.uint8))
-        _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rot, colour, None, 1)
+        _draw_shape(ImageDraw.Draw(img), shape, pose, (colour, None, 1))
         return img.filter(ImageFilter.GaussianBlur(0.6))
     if domain == "sketch":
         img = Image.new("RGB", (size, size), (250, 250, 250))
-        _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rot, None, (20, 20, 20), max(1, size // 32))
+        _draw_shape(ImageDraw.Draw(img), shape, pose, (None, (20, 20, 20), max(1, size // 32)))
         return img
     if domain == "painting":
         canvas = np.full((size, size, 3), (235, 222, 190), dtype=np.float64) + rng.normal(0, 12, (size, size, 3))
         img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
         shifted = tuple(int(0.7 * c + 0.3 * w) for c, w in zip(colour, (200, 120, 60)))
-        _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rot, shifted, None, 1)
+        _draw_shape(ImageDraw.Draw(img), shape, pose, (shifted, None, 1))
         return img.filter(ImageFilter.GaussianBlur(size / 40))
     if domain == "cartoon":
         img = Image.new("RGB", (size, size), tuple(int(255 * c) for c in colorsys.hsv_to_rgb((hue + 0.5) % 1, 0.2, 1)))
-        _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, rot, colour, (0, 0, 0), max(2, size // 16))
+        _draw_shape(ImageDraw.Draw(img), shape, pose, (colour, (0, 0, 0), max(2, size // 16)))
         return img
     raise ValueError(f"unknown toy domain {domain!r}; valid: {', '.join(DOMAINS)}")
 
@@ -89,7 +91,7 @@ def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-def write_domainbed(root: str | Path, classes: Sequence[str], domains: Sequence[str] = ("photo", "sketch", "painting"),
+def write_domainbed(root: str | Path, classes: Sequence[str], *, domains: Sequence[str] = ("photo", "sketch", "painting"),
                     per_class: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Write ``ROOT/<domain>/<class>/<i>.jpg`` (class folder = the class name with spaces as underscores)."""
     root = Path(root)
@@ -103,7 +105,7 @@ def write_domainbed(root: str | Path, classes: Sequence[str], domains: Sequence[
     return root
 
 
-def write_synthetic_dataset(folder: str | Path, classes: Sequence[str], per_class: int = 8, size: int = 32,
+def write_synthetic_dataset(folder: str | Path, classes: Sequence[str], *, per_class: int = 8, size: int = 32,
                             seed: int = 0, domains: Sequence[str] = DOMAINS, shard_size: int = 64) -> Path:
     """A stand-in for ``dfkd synth`` output, written to the ``dfkd/schema.py`` contract (parquet shards in
     ``folder/data``): toy images of every class in mixed styles, JPEG bytes at ``size`` px."""
@@ -151,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         classes = [c.strip() for c in args.classes.split(",")]
     else:
         p.error("give --config or --classes")
-    root = write_domainbed(args.root, classes, args.domains.split(","), args.per_class, args.size)
+    root = write_domainbed(args.root, classes, domains=args.domains.split(","), per_class=args.per_class,
+                           size=args.size)
     print(f"toy DomainBed folder -> {root} ({args.domains}; {len(classes)} classes x {args.per_class} images)")
     return 0
 

@@ -68,7 +68,7 @@ def learn(cfg: PromptsExperiment, args=None) -> int:
     # 1. check inputs before any model is loaded
     check_prompt_method(cfg.prompts.method)
     words = load_style_dictionary(cfg.prompts.style_dictionary)
-    model_id, kind = cfg.prompt_encoder()
+    model_id = cfg.prompt_encoder()[0]
     folder = bank_dir(cfg.out)
     fingerprint = learn_fingerprint(cfg.prompts, cfg.classes, cfg.seed, model_id)
     write_resolved_config(cfg)
@@ -85,8 +85,8 @@ def learn(cfg: PromptsExperiment, args=None) -> int:
         print(f"resuming from {checkpoint}")
     state = learn_styles(learner, checkpoint, fingerprint)
     # 3. diagnostics, then the bank (meta.json last: its presence marks a finished bank)
-    before, after = learner.diagnostics(learner.initial_styles()), learner.diagnostics(state.styles)
-    meta = _meta(cfg, learner, state.losses, fingerprint, words, kind, before, after)
+    meta = _meta(cfg, learner, state, fingerprint, words)
+    before, after = meta["diagnostics"]["random_init"], meta["diagnostics"]["learned"]
     path = save_style_bank(folder, state.styles, meta)
     checkpoint.unlink(missing_ok=True)
     print(f"learned {len(state.styles)} styles for {encoder.identity.model_id} -> {path}")
@@ -96,18 +96,19 @@ def learn(cfg: PromptsExperiment, args=None) -> int:
     return 0
 
 
-def _meta(cfg: PromptsExperiment, learner: ContrastiveLearner, losses: list[dict], fingerprint: dict,
-          words: list[str], kind: str, before: dict, after: dict) -> dict:
+def _meta(cfg: PromptsExperiment, learner: ContrastiveLearner, state, fingerprint: dict, words: list[str]) -> dict:
+    """The bank's ``meta.json``: settings, dictionary, diagnostics before and after learning, loss history."""
     c = cfg.prompts.contrastive
+    before, after = learner.diagnostics(learner.initial_styles()), learner.diagnostics(state.styles)
     return {
-        "encoder": learner.encoder.identity.to_dict(), "encoder_kind": kind,
+        "encoder": learner.encoder.identity.to_dict(), "encoder_kind": cfg.prompt_encoder()[1],
         "template": cfg.prompts.template, "style_template": c.style_template,
         "positive_template": c.positive_template, "plain_template": cfg.prompts.plain_template,
         "num_styles": c.num_styles, "num_style_tokens": cfg.prompts.num_style_tokens, "seed": cfg.seed,
         "classes": list(cfg.classes),
         "dictionary": {"source": cfg.prompts.style_dictionary or PACKAGE_DICTIONARY, "words": words},
         "diagnostics": {"random_init": before, "learned": after},
-        "losses": losses, "fingerprint": fingerprint,
+        "losses": state.losses, "fingerprint": fingerprint,
     }
 
 
