@@ -83,7 +83,9 @@ def main() -> int:
     from dfkd.config import load_config
     from dfkd.toydata import write_synthetic_dataset
     from distill.students import create_student
-    from distill.teacher import load_teacher
+    from distill.teacher import DistillTeacher
+    from prompts.config import TeacherConfig
+    from prompts.teacher import load_teacher
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tmp = Path(tempfile.mkdtemp(prefix="distill-bench-"))
@@ -93,7 +95,8 @@ def main() -> int:
                  f"distill.input_size={args.size}", f"distill.batch_size={args.batch}",
                  f"distill.max_steps={args.steps + WARMUP}", "distill.checkpointing_steps=100000",
                  "distill.log_with=none", "distill.num_workers=0", "eval.data=null"]
-    teacher = load_teacher("tiny:clip", CLASSES, "short_7", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), device)
+    clip = load_teacher(TeacherConfig(model="tiny:clip", templates="short_7"), CLASSES, device)
+    teacher = DistillTeacher(clip, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     ours: list[float] = []  # step durations, all rounds
     bare: list[float] = []
     for r in range(args.rounds):

@@ -156,9 +156,10 @@ def main(argv=None) -> dict:
 
     from dfkd.cli import _setup_environment
     from prompts.methods import create_prompt_method
+    from prompts.teacher import load_teacher
     from synth.backends.diffusion import DiffusionBackend
     from synth.plan import plan_shards
-    from synth.run import load_teacher, process_state, synthesize
+    from synth.run import process_state, synthesize
 
     _setup_environment()
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
@@ -167,7 +168,7 @@ def main(argv=None) -> dict:
         unet_params = build_pipeline(model)
         cfg = config(model, Path(tmp) / "run", args)
         state, device = process_state(args.device), torch.device(args.device)
-        teacher = load_teacher(cfg, device, state)
+        teacher = load_teacher(cfg.teacher, cfg.classes, device, state.main_process_first)
         backend = DiffusionBackend.load(cfg, teacher=teacher, device=device)
         method = create_prompt_method(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=0,
                                       run_dir=cfg.out)

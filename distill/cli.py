@@ -56,11 +56,12 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
     from accelerate import Accelerator
 
     from dfkd.runtime import multi_process_cpu
+    from prompts.teacher import load_teacher
 
     from .data import read_real
     from .evaluate import Evaluator, write_eval
     from .export import load_student
-    from .teacher import load_teacher
+    from .teacher import DistillTeacher
 
     e = cfg.eval
     if not e.data:
@@ -73,8 +74,8 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
     if student.classes != list(cfg.classes):
         raise UserError(f"the student at '{student_dir}' was trained on classes {student.classes[:4]}..., not the "
                         "config's; evaluate it with the config it was trained with")
-    teacher = load_teacher(cfg.teacher.model, cfg.classes, cfg.teacher.templates, student.pre.mean, student.pre.std,
-                           accelerator.device, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+    clip = load_teacher(cfg.teacher, cfg.classes, accelerator.device, accelerator.main_process_first)
+    teacher = DistillTeacher(clip, student.pre.mean, student.pre.std)
     evaluator = Evaluator(teacher, student.model, student.pre, e, accelerator, cfg.distill.num_workers)
     result = evaluator.run(domains)
     if accelerator.is_main_process:

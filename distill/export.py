@@ -161,11 +161,12 @@ class LoadedStudent(nn.Module):
 def open_vocabulary_head(student: LoadedStudent, class_names: list[str], templates: str | None = None):
     """A zero-shot head ``(B, D) -> (B, K)`` over new ``class_names`` from the teacher's text features:
     ``head(student.embed(images))`` are logits for those names."""
-    from prompts.teacher import ClipTeacher
+    from prompts.config import TeacherConfig
+    from prompts.teacher import load_teacher
 
     meta = student.config.get("dfkd", {})
-    clip = ClipTeacher.load(meta["teacher"], device=student.mean.device)
-    return clip.set_classes(list(class_names), templates or meta.get("templates", "openai_80"))
+    section = TeacherConfig(model=meta["teacher"], templates=templates or meta.get("templates", "openai_80"))
+    return load_teacher(section, class_names, student.mean.device).head
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> LoadedStudent:

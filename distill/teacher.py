@@ -23,7 +23,8 @@ class TeacherOutput:
 
 
 class DistillTeacher(nn.Module):
-    """Frozen, eval-mode, ``no_grad`` wrapper of a :class:`ClipTeacher` with its zero-shot head set."""
+    """Frozen, eval-mode, ``no_grad`` wrapper of a :class:`ClipTeacher` with its zero-shot head set (load it
+    with :func:`prompts.teacher.load_teacher`); ``mean``/``std`` are the student's normalisation it undoes."""
 
     def __init__(self, clip: ClipTeacher, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -32,8 +33,9 @@ class DistillTeacher(nn.Module):
         self.clip = clip.eval()
         for p in self.clip.parameters():
             p.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        stats = {"dtype": torch.float32, "device": clip.device}
+        self.register_buffer("mean", torch.tensor(mean, **stats).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, **stats).view(1, 3, 1, 1), persistent=False)
 
     @property
     def feature_dim(self) -> int:
@@ -53,11 +55,3 @@ class DistillTeacher(nn.Module):
         """``(B, 3, H, W)`` float in [0, 1] -> :class:`TeacherOutput`."""
         feats = self.clip.image_features(images)
         return TeacherOutput(self.clip.logits_from_features(feats).float(), feats.float())
-
-
-def load_teacher(model_id: str, classes: Sequence[str], templates: str, mean: Sequence[float], std: Sequence[float],
-                 device: str | torch.device = "cpu", dtype: str = "fp32", trust_remote_code: bool = False) -> DistillTeacher:
-    """Load the CLIP teacher, build (or read from cache) its zero-shot head for ``classes``."""
-    clip = ClipTeacher.load(model_id, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    clip.set_classes(list(classes), templates)
-    return DistillTeacher(clip, mean, std).to(device)

@@ -256,13 +256,15 @@ class Run:
 
 def setup(cfg: DistillExperiment, resume_latest: bool = False) -> Run:
     """Steps 1-6: inputs, accelerator, teacher, data, model/optimiser/schedule, resume."""
-    from .teacher import load_teacher
+    from prompts.teacher import load_teacher
+
+    from .teacher import DistillTeacher
 
     d = cfg.distill
     accelerator = make_accelerator(cfg)
     inputs = check_inputs(cfg, accelerator.main_process_first, resume_latest)
-    teacher = load_teacher(cfg.teacher.model, cfg.classes, cfg.teacher.templates, inputs.pre.mean, inputs.pre.std,
-                           accelerator.device, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+    clip = load_teacher(cfg.teacher, cfg.classes, accelerator.device, accelerator.main_process_first)
+    teacher = DistillTeacher(clip, inputs.pre.mean, inputs.pre.std)
     data = build_train_data(cfg, inputs, accelerator)
     steps = total_steps(cfg, data.plan.batches_per_epoch)
     model = DistillStudent(inputs.student, len(cfg.classes), teacher.feature_dim if d.loss.emb > 0 else None)

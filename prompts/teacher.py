@@ -6,13 +6,15 @@ size and normalises with CLIP's mean/std itself, so callers never need to know C
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
 
 from dfkd.models import CLIP_MEAN, CLIP_STD
 
+from .config import TeacherConfig
 from .encoder import StyleTextEncoder
 from .templates import load_templates
 from .zeroshot import ZeroShotHead, build_zero_shot_head
@@ -91,3 +93,16 @@ class ClipTeacher(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Zero-shot logits ``(B, C)`` of ``images`` in ``[0, 1]``."""
         return self.logits_from_features(self.image_features(images))
+
+
+def load_teacher(section: TeacherConfig, classes: Sequence[str], device: str | torch.device = "cpu",
+                 first: Callable[[], AbstractContextManager] = nullcontext) -> ClipTeacher:
+    """The one loader of the CLIP teacher that prompts, synth and distill share: the ``teacher`` config
+    section's model in its dtype on ``device``, with its zero-shot head for ``classes`` (built once and
+    cached on disk; under a multi-process launch pass Accelerate's ``main_process_first`` as ``first`` so
+    that one process builds it while the others wait)."""
+    clip = ClipTeacher.load(section.model, device=device, dtype=section.dtype,
+                            trust_remote_code=section.trust_remote_code)
+    with first():
+        clip.set_classes(list(classes), section.templates)
+    return clip

@@ -16,6 +16,7 @@ import torch
 
 from dfkd import schema
 from dfkd.runtime import derive_seed
+from prompts.teacher import load_teacher
 
 from .backends import Backend, get_backend
 from .plan import ShardSpec, check_or_write_state, plan_shards, write_state
@@ -55,7 +56,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
 
     # 2. load the teacher (confidence, diagnostics, CLIP guidance) and the generator
     device = resolve_device(s.device, state)
-    teacher = load_teacher(cfg, device, state)
+    teacher = load_teacher(cfg.teacher, cfg.classes, device, state.main_process_first)
     backend = backend_cls.load(cfg, teacher=teacher, device=device)
 
     # 3. the prompt method, in the generator's text-encoder space
@@ -135,16 +136,6 @@ def resolve_device(name: str, state) -> torch.device:
     if name == "cuda" and state.num_processes > 1:
         return state.device
     return torch.device(name)
-
-
-def load_teacher(cfg, device: torch.device, state):
-    from prompts.teacher import ClipTeacher
-
-    teacher = ClipTeacher.load(cfg.teacher.model, device=device, dtype=cfg.teacher.dtype,
-                               trust_remote_code=cfg.teacher.trust_remote_code)
-    with state.main_process_first():  # the zero-shot head is cached on disk once
-        teacher.set_classes(cfg.classes, cfg.teacher.templates)
-    return teacher
 
 
 def preflight_prompt_method(prompts_cfg, run_dir: Path) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prompts.config import TeacherConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO_ROOT / "configs" / "tiny.yaml"
 TINY_CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]  # configs/tiny.yaml's
+TINY_TEACHER = TeacherConfig(model="tiny:clip", templates="short_7")  #: a ``teacher`` section for prompts.teacher.load_teacher
 
 
 def tiny_config(output_dir: str | Path, *overrides: str):

@@ -142,11 +142,14 @@ def test_few_shot_mixes_real_images(make_cfg, tmp_path, toy_domains):
 def test_few_shot_images_are_flagged_real_and_get_their_cross_entropy(make_cfg, tmp_path, toy_domains):
     """The few-shot rows (and only they) carry is_real, in the resident set and in every batch, and the
     real_ce part train_step returns is the cross-entropy of exactly those rows (by hand)."""
+    from fixtures import TINY_TEACHER
+
     from distill.augment import augment, step_generator
     from distill.step import train_step
     from distill.students import DistillStudent
-    from distill.teacher import load_teacher
+    from distill.teacher import DistillTeacher
     from distill.trainer import build_train_data, check_inputs, make_accelerator
+    from prompts.teacher import load_teacher
 
     cfg = make_cfg(tmp_path, f"distill.few_shot.data={toy_domains}", "distill.few_shot.domain=photo",
                    "distill.few_shot.shots=2", "distill.device_resident=always")
@@ -173,7 +176,7 @@ def test_few_shot_images_are_flagged_real_and_get_their_cross_entropy(make_cfg, 
         logits = model(x)[0]
     real = batch.is_real
     expected = torch.nn.functional.cross_entropy(logits[real], batch.labels[real])
-    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", pre.mean, pre.std)
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), pre.mean, pre.std)
     _, parts = train_step(model, teacher, batch, cfg, pre.input_size, (mean, std), step_generator(cfg.seed, 0, micro),
                           accelerator)
     assert torch.allclose(parts["real_ce"], expected, atol=1e-5) and parts["real_ce"] > 0

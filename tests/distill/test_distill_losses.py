@@ -24,8 +24,11 @@ def test_kd_positive_and_gradient_reaches_student_only():
     """KD is positive for differing logits, its gradient w.r.t. the student logits is tau (p_S - p_T) / B, and
     with the real teacher nothing flows back through the teacher: its logits are constants, its weights get no
     gradient, and the input's gradient is the student's alone."""
+    from fixtures import TINY_TEACHER
+
     from distill.students import create_student
-    from distill.teacher import load_teacher
+    from distill.teacher import DistillTeacher
+    from prompts.teacher import load_teacher
 
     g = torch.Generator().manual_seed(0)
     s, t, tau = torch.randn(4, 5, generator=g, requires_grad=True), torch.randn(4, 5, generator=g), 2.0
@@ -35,7 +38,7 @@ def test_kd_positive_and_gradient_reaches_student_only():
     expected = tau * ((s / tau).softmax(-1) - (t / tau).softmax(-1)) / 4
     assert torch.allclose(s.grad, expected.detach(), atol=1e-6)
 
-    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.5,) * 3, (0.5,) * 3)
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), (0.5,) * 3, (0.5,) * 3)
     torch.manual_seed(0)
     student = create_student("tiny_cnn", len(TINY_CLASSES))[0].eval()
     x = torch.randn(3, 3, 32, 32, generator=g, requires_grad=True)  # even an input that requires grad

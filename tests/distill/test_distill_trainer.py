@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures import TINY_CLASSES
+from fixtures import TINY_CLASSES, TINY_TEACHER
 from safetensors.torch import load_file
 
 from dfkd.cli import main as dfkd_main
@@ -13,8 +13,9 @@ from distill.data import decode_image, load_synthetic
 from distill.export import load_student
 from distill.step import make_optimizer, train_step
 from distill.students import DistillStudent, create_student
-from distill.teacher import load_teacher
+from distill.teacher import DistillTeacher
 from distill.trainer import list_checkpoints, make_accelerator, train
+from prompts.teacher import load_teacher
 
 
 def _state(module):
@@ -27,7 +28,7 @@ def test_one_step_changes_student_not_teacher(make_cfg, tmp_path, syn_dataset):
     cfg = make_cfg(tmp_path, "distill.loss.emb=1.0", "distill.loss.ce=0.5")
     accelerator = make_accelerator(cfg)
     student, _ = create_student("tiny_cnn", 7)
-    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.5,) * 3, (0.5,) * 3)
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), (0.5,) * 3, (0.5,) * 3)
     model = DistillStudent(student, 7, teacher.feature_dim)
     optimizer = make_optimizer(model.parameters(), cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -80,7 +81,7 @@ def test_teacher_undoes_student_normalisation_and_uses_clip_preprocessing():
     from prompts.templates import load_templates
 
     mean, std = (0.3, 0.5, 0.6), (0.2, 0.35, 0.25)
-    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", mean, std)
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), mean, std)
     assert tuple(teacher.clip.mean.flatten().tolist()) == pytest.approx(CLIP_MEAN)
     assert tuple(teacher.clip.std.flatten().tolist()) == pytest.approx(CLIP_STD)
     size = teacher.clip.image_size
@@ -97,7 +98,7 @@ def test_teacher_undoes_student_normalisation_and_uses_clip_preprocessing():
 def test_kd_term_uses_the_configured_temperature(make_cfg, tmp_path, syn_dataset):
     """The KD part train_step returns (and logs) is tau^2 KL(p_T^tau || p_S^tau) at distill.loss.temperature,
     computed by hand on the same view, and it changes with the temperature."""
-    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.3, 0.5, 0.6), (0.2, 0.35, 0.25))
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), (0.3, 0.5, 0.6), (0.2, 0.35, 0.25))
     batch = _first_batch(syn_dataset)
     kd = {}
     accelerator = None
@@ -125,7 +126,7 @@ def test_embedding_loss_alone_reaches_the_student_backbone(make_cfg, tmp_path, s
     from torch import nn
 
     cfg = make_cfg(tmp_path, "distill.loss.kd=0", "distill.loss.ce=0", "distill.loss.emb=1", *STUDENT_STATS)
-    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", cfg.distill.mean, cfg.distill.std)
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), cfg.distill.mean, cfg.distill.std)
     torch.manual_seed(0)
     student, _ = create_student("tiny_cnn", 7)
     model = DistillStudent(student, 7, teacher.feature_dim).train()
@@ -174,7 +175,7 @@ def test_agreement_with_teacher_rises_on_held_out_images(make_cfg, tmp_path):
     images = torch.stack([decode_image(r["bytes"]) for r in ds["image"]]).float() / 255
     cfg = make_cfg(tmp_path / "run", "distill.max_steps=40", "distill.lr=0.003", "distill.checkpointing_steps=1000",
                    "distill.mean=[0.5,0.5,0.5]", "distill.std=[0.5,0.5,0.5]", "distill.weight_decay=0")
-    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.5,) * 3, (0.5,) * 3)
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), (0.5,) * 3, (0.5,) * 3)
     torch.manual_seed(cfg.seed)  # the trainer's initial student
     init, _ = create_student("tiny_cnn", 7)
     before = _agreement_and_kl(teacher, LoadedStudent(init, TINY_CLASSES, Preprocessing(32, (0.5,) * 3, (0.5,) * 3), {}), images)

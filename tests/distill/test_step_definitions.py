@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -132,9 +133,12 @@ def test_total_steps_counts_whole_accumulation_windows_and_at_least_one(tmp_path
 
 @pytest.fixture(scope="module")
 def teacher_032():
-    from distill.teacher import load_teacher
+    from fixtures import TINY_TEACHER
 
-    return load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.3, 0.5, 0.6), (0.2, 0.35, 0.25))
+    from distill.teacher import DistillTeacher
+    from prompts.teacher import load_teacher
+
+    return DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), (0.3, 0.5, 0.6), (0.2, 0.35, 0.25))
 
 
 def test_one_shot_real_images_get_their_cross_entropy_at_the_configured_weight(make_cfg, tmp_path, syn_dataset,
@@ -232,10 +236,13 @@ def test_teacher_normalisation_is_not_saved_as_weights(teacher_032):
 
 
 def test_load_teacher_builds_clip_in_the_requested_dtype_and_answers_float32(tmp_path, monkeypatch):
-    from distill.teacher import load_teacher
+    from fixtures import TINY_TEACHER
+
+    from distill.teacher import DistillTeacher
+    from prompts.teacher import load_teacher
 
     monkeypatch.setenv("DFKD_CACHE", str(tmp_path))  # the zero-shot head cache is not keyed by dtype: keep it apart
-    teacher = load_teacher("tiny:clip", TINY_CLASSES[:3], "short_7", (0.5,) * 3, (0.5,) * 3, dtype="bf16")
+    teacher = DistillTeacher(load_teacher(replace(TINY_TEACHER, dtype="bf16"), TINY_CLASSES[:3]), (0.5,) * 3, (0.5,) * 3)
     assert {p.dtype for p in teacher.clip.model.parameters()} == {torch.bfloat16}
     out = teacher(torch.zeros(2, 3, 16, 16))
     assert out.logits.dtype == out.features.dtype == torch.float32 and out.logits.shape == (2, 3)
@@ -244,8 +251,11 @@ def test_load_teacher_builds_clip_in_the_requested_dtype_and_answers_float32(tmp
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an accelerator device")
 def test_load_teacher_puts_every_tensor_on_the_requested_device():
-    from distill.teacher import load_teacher
+    from fixtures import TINY_TEACHER
 
-    teacher = load_teacher("tiny:clip", TINY_CLASSES, "short_7", (0.5,) * 3, (0.5,) * 3, device="cuda")
+    from distill.teacher import DistillTeacher
+    from prompts.teacher import load_teacher
+
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES, "cuda"), (0.5,) * 3, (0.5,) * 3)
     assert {t.device.type for t in [*teacher.parameters(), *teacher.buffers()]} == {"cuda"}
     assert teacher(torch.zeros(2, 3, 32, 32, device="cuda")).logits.device.type == "cuda"
