@@ -204,7 +204,14 @@ def check(condition: bool, key: str, message: str) -> None:
         raise UserError(f"config key '{key}' {message}")
 
 
-__all__ = ["apply_overrides", "check", "from_dict", "load_yaml", "parse_override", "to_dict", "typing"]
+def at_least(section: Any, prefix: str, **minimums: float) -> None:
+    """:func:`check` that each named field of ``section`` is at least its minimum (``None``, unset, passes)."""
+    for name, low in minimums.items():
+        value = getattr(section, name)
+        check(value is None or value >= low, prefix + name, f"must be >= {low}" if low == 0 else f"must be at least {low}")
+
+
+__all__ = ["apply_overrides", "at_least", "check", "from_dict", "load_yaml", "parse_override", "to_dict", "typing"]
 
 
 RESOLVED_CONFIG_NAME = "config.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from dfkd.configtools import check
+from dfkd.configtools import at_least, check
 from dfkd.stage import Experiment
 from prompts.config import TeacherConfig
 
@@ -42,8 +42,7 @@ class AugmentConfig:
     def validate(self, prefix: str) -> None:
         check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, prefix + "scale",
               "must be [min, max] with 0 < min <= max <= 1")
-        check(self.color_jitter >= 0, prefix + "color_jitter", "must be >= 0")
-        check(self.mixup >= 0 and self.cutmix >= 0, prefix + "mixup", "and cutmix must be >= 0 (0 turns them off)")
+        at_least(self, prefix, color_jitter=0, mixup=0, cutmix=0)
 
 
 @dataclass
@@ -54,7 +53,7 @@ class FewShotConfig:
     ce_weight: float = 1.0  #: weight of the cross-entropy on the real images
 
     def validate(self, prefix: str) -> None:
-        check(self.shots >= 0, prefix + "shots", "must be >= 0")
+        at_least(self, prefix, shots=0)
         check(self.shots == 0 or self.data is not None, prefix + "data", "must be set when few_shot.shots > 0")
 
 
@@ -95,19 +94,10 @@ class DistillConfig:
 
     def validate(self, prefix: str) -> None:
         check(bool(self.student), prefix + "student", "must name a timm model, a registered student or module:attr")
-        check(self.epochs >= 1, prefix + "epochs", "must be at least 1")
-        check(self.max_steps is None or self.max_steps >= 1, prefix + "max_steps", "must be at least 1")
-        check(self.batch_size >= 1, prefix + "batch_size", "must be at least 1")
+        at_least(self, prefix, epochs=1, max_steps=1, batch_size=1, gradient_accumulation_steps=1,
+                 checkpointing_steps=1, checkpoints_total_limit=1, log_every=1, num_workers=0, warmup_steps=0,
+                 eval_every=0, weight_decay=0, input_size=8)
         check(self.lr > 0, prefix + "lr", "must be positive")
-        check(self.gradient_accumulation_steps >= 1, prefix + "gradient_accumulation_steps", "must be at least 1")
-        check(self.checkpointing_steps >= 1, prefix + "checkpointing_steps", "must be at least 1")
-        check(self.checkpoints_total_limit >= 1, prefix + "checkpoints_total_limit", "must be at least 1")
-        check(self.log_every >= 1, prefix + "log_every", "must be at least 1")
-        check(self.num_workers >= 0, prefix + "num_workers", "must be >= 0 (0 decodes in the main process)")
-        check(self.warmup_steps >= 0, prefix + "warmup_steps", "must be >= 0")
-        check(self.eval_every >= 0, prefix + "eval_every", "must be >= 0 (0 evaluates only at the end)")
-        check(self.weight_decay >= 0, prefix + "weight_decay", "must be >= 0")
-        check(self.input_size is None or self.input_size >= 8, prefix + "input_size", "must be at least 8 pixels")
         for name in ("mean", "std"):
             value = getattr(self, name)
             check(value is None or len(value) == 3, prefix + name, "must be a list of 3 numbers")
@@ -132,9 +122,7 @@ class EvalConfig:
     student: str | None = None  #: exported student folder for `dfkd eval`; default OUTPUT_DIR/student
 
     def validate(self, prefix: str) -> None:
-        check(self.batch_size >= 1, prefix + "batch_size", "must be at least 1")
-        check(self.max_images_per_domain is None or self.max_images_per_domain >= 1,
-              prefix + "max_images_per_domain", "must be at least 1")
+        at_least(self, prefix, batch_size=1, max_images_per_domain=1)
 
 
 class DistillExperiment(Experiment, Protocol):

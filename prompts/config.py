@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from dfkd.configtools import check
+from dfkd.configtools import at_least, check
 from dfkd.stage import Experiment
 
 
@@ -43,15 +43,10 @@ class ContrastiveConfig:
 
     def validate(self, prefix: str) -> None:
         check(self.num_styles >= 2, prefix + "num_styles", "must be at least 2 (the diversity loss contrasts styles)")
-        check(self.steps >= 1, prefix + "steps", "must be at least 1")
-        check(self.lr > 0, prefix + "lr", "must be positive")
-        check(self.tau > 0 and self.tau_cls > 0, prefix + "tau", "and tau_cls must be positive")
-        check(self.lambda_cls >= 0, prefix + "lambda_cls", "must be >= 0")
-        check(self.noise_std >= 0, prefix + "noise_std", "must be >= 0")
-        check(self.style_batch >= 0, prefix + "style_batch", "must be >= 0 (0 means all styles)")
-        check(self.class_batch >= 1, prefix + "class_batch", "must be at least 1")
-        check(self.rounds >= 1, prefix + "rounds", "must be at least 1")
-        check(self.checkpoint_every >= 1, prefix + "checkpoint_every", "must be at least 1")
+        at_least(self, prefix, steps=1, lambda_cls=0, noise_std=0, style_batch=0, class_batch=1, rounds=1,
+                 checkpoint_every=1)
+        for name in ("lr", "tau", "tau_cls"):
+            check(getattr(self, name) > 0, prefix + name, "must be positive")
         for key in ("style_template", "positive_template"):
             text = getattr(self, key)
             check(text.count("{style}") == 1 and "{class_name}" not in text, prefix + key,
@@ -81,7 +76,7 @@ class PromptsConfig:
         check("{class_name}" in self.template and "{style}" in self.template, prefix + "template",
               "must contain both {style} and {class_name}")
         check("{class_name}" in self.plain_template, prefix + "plain_template", "must contain {class_name}")
-        check(self.num_style_tokens >= 1, prefix + "num_style_tokens", "must be at least 1")
+        at_least(self, prefix, num_style_tokens=1)
         check(len(self.mix_words) > 0 and all(m >= 1 for m in self.mix_words), prefix + "mix_words",
               "must be a non-empty list of word counts >= 1")
         check(self.mix_alpha > 0, prefix + "mix_alpha", "must be positive")

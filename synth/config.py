@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from dfkd.configtools import check
+from dfkd.configtools import at_least, check
 from dfkd.stage import Experiment
 from prompts.config import PromptsConfig, TeacherConfig
 
@@ -30,13 +30,9 @@ class ClipGuidedConfig:
     augmentations: list[str] = field(default_factory=lambda: list(AUGMENTATIONS))
 
     def validate(self, prefix: str) -> None:
-        check(self.iterations >= 1, prefix + "iterations", "must be at least 1")
-        check(self.lr > 0, prefix + "lr", "must be positive")
-        check(self.cutouts >= 1, prefix + "cutouts", "must be at least 1")
-        check(self.cut_pow > 0, prefix + "cut_pow", "must be positive")
-        check(self.decay >= 0, prefix + "decay", "must be >= 0")
-        check(self.init_scale > 0, prefix + "init_scale", "must be positive")
-        check(self.strokes >= 1, prefix + "strokes", "must be at least 1")
+        at_least(self, prefix, iterations=1, cutouts=1, decay=0, strokes=1)
+        for name in ("lr", "cut_pow", "init_scale"):
+            check(getattr(self, name) > 0, prefix + name, "must be positive")
         check(self.stroke_points >= 2, prefix + "stroke_points", "must be at least 2 (a stroke needs two ends)")
         check(0 < self.min_size <= 1, prefix + "min_size", "must be a fraction of the image side in (0, 1]")
         unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
@@ -54,7 +50,7 @@ class FilterConfig:
 
     def validate(self, prefix: str) -> None:
         check(0.0 <= self.threshold <= 1.0, prefix + "threshold", "must be a probability in [0, 1]")
-        check(self.max_tries >= 1, prefix + "max_tries", "must be at least 1")
+        at_least(self, prefix, max_tries=1)
 
 
 @dataclass
@@ -91,17 +87,9 @@ class SynthConfig:
 
     def validate(self, prefix: str) -> None:
         check(bool(self.backend), prefix + "backend", "must name a backend (diffusion or clip_guided)")
-        check(self.images_per_class >= 1, prefix + "images_per_class", "must be at least 1")
-        check(self.batch_size >= 1, prefix + "batch_size", "must be at least 1")
-        check(self.resolution >= 8, prefix + "resolution", "must be at least 8 pixels")
-        check(self.store_resolution >= 8, prefix + "store_resolution", "must be at least 8 pixels")
+        at_least(self, prefix, images_per_class=1, batch_size=1, resolution=8, store_resolution=8, steps=1,
+                 guidance_scale=0, shard_size=1, writer_threads=1, diagnostics_max_per_class=2, preview_per_class=1)
         check(1 <= self.jpeg_quality <= 100, prefix + "jpeg_quality", "must be in 1..100")
-        check(self.steps >= 1, prefix + "steps", "must be at least 1")
-        check(self.guidance_scale >= 0, prefix + "guidance_scale", "must be >= 0")
-        check(self.shard_size >= 1, prefix + "shard_size", "must be at least 1")
-        check(self.writer_threads >= 1, prefix + "writer_threads", "must be at least 1")
-        check(self.diagnostics_max_per_class >= 2, prefix + "diagnostics_max_per_class", "must be at least 2")
-        check(self.preview_per_class >= 1, prefix + "preview_per_class", "must be at least 1")
         check(not self.push_to_hub or bool(self.hub_repo), prefix + "hub_repo",
               "must be set (user/name) when synth.push_to_hub=true")
 
