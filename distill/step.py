@@ -10,6 +10,8 @@ taken. The loop, checkpoints, resume and export live in :mod:`distill.trainer`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,17 +50,30 @@ def total_steps(cfg: DistillExperiment, batches_per_epoch: int) -> int:
     return max(1, d.epochs * batches_per_epoch // d.gradient_accumulation_steps)
 
 
-def train_step(model, teacher, batch, cfg: DistillExperiment, size: int, pre_tensors, gen, accelerator) -> tuple[torch.Tensor, dict]:
+@dataclass
+class StepModels:
+    """What every training step uses besides its batch: the (prepared) student, the frozen teacher, the
+    Accelerate object, and the student's input size and normalisation (``(1, 3, 1, 1)`` mean and std on the
+    device)."""
+
+    model: torch.nn.Module
+    teacher: torch.nn.Module
+    accelerator: Any
+    size: int
+    pixel_stats: tuple[torch.Tensor, torch.Tensor]
+
+
+def train_step(models: StepModels, batch, cfg: DistillExperiment, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
     """One micro-batch: augment (B, 3, H, W) uint8 -> student view ``(B, 3, size, size)``; teacher and student
     on that same view; loss; backward. Returns the detached loss and its parts."""
     d = cfg.distill
-    mean, std = pre_tensors
-    x = normalize(augment(batch.images, size, d.augment, gen), mean, std)
-    with accelerator.autocast():
-        t = teacher(x)
-        logits, emb = model(x)
+    mean, std = models.pixel_stats
+    x = normalize(augment(batch.images, models.size, d.augment, gen), mean, std)
+    with models.accelerator.autocast():
+        t = models.teacher(x)
+        logits, emb = models.model(x)
     inputs = LossInputs(logits, t.logits, batch.labels, emb, t.features,
                         batch.is_real if cfg.distill.few_shot.shots > 0 else None, d.few_shot.ce_weight)
     loss, parts = total_loss(inputs, d.loss)
-    accelerator.backward(loss)
+    models.accelerator.backward(loss)
     return loss.detach(), parts

@@ -47,7 +47,7 @@ from .data import (
 )
 from .losses import loss_weights
 from .stage import STUDENT_DIR
-from .step import make_optimizer, make_scheduler, total_steps, train_step
+from .step import StepModels, make_optimizer, make_scheduler, total_steps, train_step
 from .students import (
     DistillStudent,
     Preprocessing,
@@ -317,11 +317,11 @@ def loop(run: Run, stop: int) -> tuple[int, Throughput, float, list[dict[str, fl
     bar = tqdm(total=run.total_steps, initial=step, desc="distill", disable=not acc.is_local_main_process,
                dynamic_ncols=True)
     run.model.train()
+    models = StepModels(run.model, run.teacher, acc, run.inputs.pre.input_size, run.pixel_stats)
     for micro, batch in enumerate(run.data.batches(step * ga, stop * ga), start=step * ga):
         gen = step_generator(cfg.seed, acc.process_index, micro)
         with acc.accumulate(run.model):
-            loss, parts = train_step(run.model, run.teacher, batch, cfg, run.inputs.pre.input_size, run.pixel_stats,
-                                     gen, acc)
+            loss, parts = train_step(models, batch, cfg, gen)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         if not acc.sync_gradients:

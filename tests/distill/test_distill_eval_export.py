@@ -145,7 +145,7 @@ def test_few_shot_images_are_flagged_real_and_get_their_cross_entropy(make_cfg, 
     from fixtures import TINY_TEACHER
 
     from distill.augment import augment, step_generator
-    from distill.step import train_step
+    from distill.step import StepModels, train_step
     from distill.students import DistillStudent
     from distill.teacher import DistillTeacher
     from distill.trainer import build_train_data, check_inputs, make_accelerator
@@ -177,6 +177,6 @@ def test_few_shot_images_are_flagged_real_and_get_their_cross_entropy(make_cfg, 
     real = batch.is_real
     expected = torch.nn.functional.cross_entropy(logits[real], batch.labels[real])
     teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), pre.mean, pre.std)
-    _, parts = train_step(model, teacher, batch, cfg, pre.input_size, (mean, std), step_generator(cfg.seed, 0, micro),
-                          accelerator)
+    _, parts = train_step(StepModels(model, teacher, accelerator, pre.input_size, (mean, std)), batch, cfg,
+                         step_generator(cfg.seed, 0, micro))
     assert torch.allclose(parts["real_ce"], expected, atol=1e-5) and parts["real_ce"] > 0

@@ -11,7 +11,7 @@ from dfkd.cli import main as dfkd_main
 from distill.augment import step_generator
 from distill.data import decode_image, load_synthetic
 from distill.export import load_student
-from distill.step import make_optimizer, train_step
+from distill.step import StepModels, make_optimizer, train_step
 from distill.students import DistillStudent, create_student
 from distill.teacher import DistillTeacher
 from distill.trainer import list_checkpoints, make_accelerator, train
@@ -37,7 +37,8 @@ def test_one_step_changes_student_not_teacher(make_cfg, tmp_path, syn_dataset):
     batch = Batch(images, torch.tensor(ds["label"][:8]), torch.zeros(8, dtype=torch.bool))
     before_s, before_t = _state(model), _state(teacher)
     mean_std = (torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))
-    loss, parts = train_step(model, teacher, batch, cfg, 32, mean_std, step_generator(0, 0, 0), accelerator)
+    loss, parts = train_step(StepModels(model, teacher, accelerator, 32, mean_std), batch, cfg,
+                         step_generator(0, 0, 0))
     optimizer.step()
     assert torch.isfinite(loss) and set(parts) == {"kd", "ce", "emb"}
     after_s, after_t = _state(model), _state(teacher)
@@ -112,8 +113,8 @@ def test_kd_term_uses_the_configured_temperature(make_cfg, tmp_path, syn_dataset
             s, t = model(x)[0], teacher(x).logits
         log_p_s, p_t = (s / tau).log_softmax(-1), (t / tau).softmax(-1)
         expected = tau**2 * (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
-        _, parts = train_step(model, teacher, batch, cfg, 32, _pixel_stats(cfg), step_generator(cfg.seed, 0, 0),
-                              accelerator)
+        _, parts = train_step(StepModels(model, teacher, accelerator, 32, _pixel_stats(cfg)), batch, cfg,
+                         step_generator(cfg.seed, 0, 0))
         assert set(parts) == {"kd"}
         assert torch.allclose(parts["kd"], expected, rtol=1e-4, atol=1e-6), (tau, parts["kd"], expected)
         kd[tau] = float(parts["kd"])
@@ -135,8 +136,8 @@ def test_embedding_loss_alone_reaches_the_student_backbone(make_cfg, tmp_path, s
     with torch.no_grad():
         feats = nn.Sequential(*list(student)[:-1])(x)  # everything before the classifier
         expected = (1 - nn.functional.cosine_similarity(model.head(feats), teacher(x).features, dim=-1)).mean()
-    loss, parts = train_step(model, teacher, batch, cfg, 32, _pixel_stats(cfg), step_generator(cfg.seed, 0, 0),
-                             make_accelerator(cfg))
+    loss, parts = train_step(StepModels(model, teacher, make_accelerator(cfg), 32, _pixel_stats(cfg)), batch, cfg,
+                         step_generator(cfg.seed, 0, 0))
     assert set(parts) == {"emb"} and torch.allclose(loss, expected, atol=1e-5)
     convs = [m for m in student.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in convs)

@@ -23,7 +23,7 @@ from distill.losses import (
     register_loss,
     total_loss,
 )
-from distill.step import make_optimizer, make_scheduler, total_steps, train_step
+from distill.step import StepModels, make_optimizer, make_scheduler, total_steps, train_step
 
 # --- optimisers: one parameter, a constant gradient g, two steps, the update rule written out by hand
 
@@ -170,8 +170,8 @@ def test_one_shot_real_images_get_their_cross_entropy_at_the_configured_weight(m
     kd = tau**2 * (p_t * (p_t.log() - (s / tau).log_softmax(-1))).sum(-1).mean()
     ce_real = -(s[real].log_softmax(-1).gather(1, batch.labels[real].view(-1, 1))).mean()
 
-    loss, parts = train_step(model, teacher_032, batch, cfg, 32, (mean, std), step_generator(cfg.seed, 0, 0),
-                             make_accelerator(cfg))
+    loss, parts = train_step(StepModels(model, teacher_032, make_accelerator(cfg), 32, (mean, std)), batch, cfg,
+                         step_generator(cfg.seed, 0, 0))
     assert set(parts) == {"kd", "real_ce"}
     assert torch.allclose(parts["real_ce"], ce_real, atol=1e-5) and ce_real > 0
     assert torch.allclose(parts["kd"], kd, rtol=1e-4, atol=1e-6)
