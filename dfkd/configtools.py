@@ -2,12 +2,15 @@
 
 Every section of an experiment file is a dataclass owned by the package that uses it. The loader
 here is generic: unknown keys, wrong types and impossible values are :class:`UserError` s that name
-the dotted key and, where there is a closed set, the valid choices.
+the dotted key and, where there is a closed set, the valid choices. Sections stay plain dataclasses
+(walked here: unknown and required keys, each section's ``validate``); the values in them are checked by
+pydantic in strict mode, so the typed conversion is a library's, and only the one-line wording is ours.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -92,70 +95,38 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in get_args(tp))
     if origin in (list, tuple):
         return "a list"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
+    if origin is dict or tp is dict or dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
+@functools.cache
+def _adapter(tp: Any):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(tp)
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except UserError as exc:
-                errors.append(exc)
-        raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            valid = ", ".join(str(c) for c in choices)
-            raise UserError(f"config key '{key}' must be one of: {valid} (got {value!r})")
-        return value
+    """``value`` as a ``tp`` field: a nested section is built by :func:`from_dict`; every other type is checked by
+    pydantic in strict mode (no "4" -> 4 or "yes" -> True; an integer is a valid float)."""
+    from pydantic import ValidationError
+
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=key + ".")
-    if origin is list or tp is list:
-        (item_tp,) = get_args(tp) or (Any,)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise UserError(f"config key '{key}' must be a list, got {value!r}")
-        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
-        args = get_args(tp)
-        val_tp = args[1] if args else Any
-        return {str(k): _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"config key '{key}' must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
+    if get_origin(tp) is Literal and value not in get_args(tp):
+        valid = ", ".join(str(c) for c in get_args(tp))
+        raise UserError(f"config key '{key}' must be one of: {valid} (got {value!r})")
+    try:
+        return _adapter(tp).validate_python(value, strict=True)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if get_origin(tp) in (list, dict) and error["loc"]:  # one bad item: name it
+            item = error["loc"][0]
+            key, tp, value = f"{key}[{item}]" if isinstance(item, int) else f"{key}.{item}", get_args(tp)[-1], error["input"]
+        raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}") from None
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
