@@ -280,3 +280,13 @@ def test_strokes_draw_lines_on_a_flat_background():
     params.requires_grad_(True)
     p.render(params).sum().backward()
     assert params.grad[0, :4].abs().sum() > 0  # the geometry gets gradients
+
+
+def test_clip_guided_styles_live_in_the_teachers_text_tower(tmp_path):
+    """A backend that declares no text encoder of its own (clip_guided) reads prompts with the teacher CLIP's
+    text tower, so `prompts.encoder=auto` learns and encodes style vectors there."""
+    from prompts.cli import load_prompt_encoder
+
+    cfg = fast_config(tmp_path, *CLIP_GUIDED, "prompts.encoder=auto")
+    encoder = load_prompt_encoder(cfg)
+    assert encoder.identity.model_id == cfg.teacher.model == "tiny:clip"  # loaded as a CLIP model, not a pipeline
