@@ -17,7 +17,8 @@ AUGMENTATIONS = ("affine", "perspective", "color_jitter", "noise")
 class ClipGuidedConfig:
     """The VQGAN-CLIP family (docs/method.md section 4)."""
 
-    parameterization: Literal["decoder", "pixels", "fourier", "strokes"] = "decoder"  #: decoder = latent of synth.model
+    #: a registered parameterisation: decoder (the latent of synth.model), pixels, fourier, strokes, or your own
+    parameterization: str = "decoder"
     iterations: int = 300
     lr: float = 0.1
     cutouts: int = 32

@@ -49,6 +49,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
 
     # 1. check inputs that need no model: backend and prompt method, output folder, the shard plan
     backend_cls = get_backend(s.backend)
+    backend_cls.preflight(cfg)
     preflight_prompt_method(cfg.prompts, cfg.out)
     specs = plan_shards(len(cfg.classes), s.images_per_class, s.shard_size)
     prepare_output(dataset_dir, cfg, specs, main=state.is_main_process)

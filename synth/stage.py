@@ -32,7 +32,7 @@ class SynthStage(Stage):
         from .backends import get_backend
         from .plan import check_or_write_state
 
-        get_backend(cfg.synth.backend)
+        get_backend(cfg.synth.backend).preflight(cfg)
         check_or_write_state(cfg.out / schema.DATASET_DIR, cfg, cfg.synth.overwrite, write=False)
 
     def is_done(self, cfg: SynthExperiment) -> bool:

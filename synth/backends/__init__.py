@@ -38,6 +38,10 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
+    def preflight(cls, cfg) -> None:
+        """Raise ``UserError`` for a setting of this backend that cannot work, before any model is loaded."""
+
+    @classmethod
     def text_encoder_source(cls, cfg) -> tuple[str, str]:
         """(model id, kind) of the text encoder this backend reads prompts with, so style vectors are learned
         in it (``prompts.encoder=auto``): by default the teacher CLIP's text tower (kind ``clip``)."""

@@ -213,6 +213,10 @@ class ClipGuidedBackend(Backend):
         gen_id = f"clip_guided:{s.model}" if name == "decoder" else f"clip_guided:{name}"
         return cls(teacher, param.to(device), s.clip_guided, resolution=s.resolution, generator_id=gen_id)
 
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        _PARAMETERIZATIONS.get(cfg.synth.clip_guided.parameterization)
+
     @property
     def text_encoder(self):
         return self.teacher.text

@@ -267,3 +267,109 @@ def test_xformers_importable_hands_over_to_diffusers(tiny_pipe, tmp_path, monkey
         _set_attention(tiny_pipe, "xformers")
     assert "dfkd[gpu]" not in str(err.value)
     _set_attention(tiny_pipe, "sdpa")  # the default: nothing to switch
+
+
+# ---------------------------------------------------------------- CLIP-guided
+
+
+@pytest.fixture(scope="module")
+def clip_teacher(_tiny_cache):
+    from prompts.teacher import ClipTeacher
+
+    return ClipTeacher.load("tiny:clip")
+
+
+def _load_clip_guided(tmp_path, teacher, *overrides):
+    from fixtures import tiny_config
+
+    from synth.backends import get_backend
+
+    cfg = tiny_config(tmp_path, "classes=[dog,guitar]", "prompts.method=plain", "synth.backend=clip_guided",
+                      "synth.model=tiny:vqgan", "synth.resolution=16", *overrides)
+    return cfg, get_backend("clip_guided").load(cfg, teacher=teacher, device=torch.device("cpu"))
+
+
+def test_spherical_distance_is_its_definition_over_the_last_axis_and_finite_at_antipodes():
+    from synth.backends.clip_guided import spherical_distance
+
+    a = torch.nn.functional.normalize(torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(2, 1, 4, generator=torch.Generator().manual_seed(1)), dim=-1)
+    want = [[2 * math.asin(min(1.0, float((a[i, j] - b[i, 0]).norm()) / 2)) ** 2 for j in range(3)] for i in range(2)]
+    torch.testing.assert_close(spherical_distance(a, b), torch.tensor(want))
+    # seed 0 is a unit vector whose float32 norm rounds to 1.0000001: |a - (-a)| / 2 > 1 must still give pi^2 / 2
+    u = torch.nn.functional.normalize(torch.randn(8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert float((2 * u).norm() / 2) > 1
+    assert math.isclose(float(spherical_distance(u, -u)), math.pi ** 2 / 2, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fourier", "strokes"])
+def test_clip_guided_load_hands_every_setting_to_its_parameterization(tmp_path, clip_teacher, name):
+    from synth.backends.clip_guided import FourierImage
+
+    _, backend = _load_clip_guided(tmp_path, clip_teacher, f"synth.clip_guided.parameterization={name}",
+                                   "synth.clip_guided.decay=1.7", "synth.clip_guided.strokes=2",
+                                   "synth.clip_guided.stroke_points=3")
+    assert backend.resolution == 16 and backend.generator_id == f"clip_guided:{name}"
+    if name == "fourier":
+        torch.testing.assert_close(backend.param.scale, FourierImage(16, decay=1.7).scale)
+    else:
+        assert (backend.param.strokes, backend.param.points, backend.param.resolution) == (2, 3, 16)
+
+
+def test_clip_guided_load_hands_dtype_and_init_scale_to_the_decoder(tmp_path, clip_teacher):
+    _, backend = _load_clip_guided(tmp_path, clip_teacher, "synth.clip_guided.parameterization=decoder",
+                                   "synth.dtype=bf16", "synth.clip_guided.init_scale=0.3")
+    scaling = float(backend.param.ae.config.scaling_factor or 1.0)
+    assert backend.param.ae.dtype == torch.bfloat16 and backend.param.latent_scale == pytest.approx(0.3 / scaling)
+    assert backend.generator_id == "clip_guided:tiny:vqgan"
+
+
+def test_clip_guided_generate_is_adam_on_the_cutout_loss(tmp_path, clip_teacher):
+    """generate() == by hand: the parameterisation's init from each image's seed, then ``iterations`` Adam steps
+    (lr from the config) on the sum over images of the mean spherical distance between the teacher's features of
+    the image's cutouts (every cutout setting from the config) and the image's target text features."""
+    from synth.backends.clip_guided import spherical_distance
+    from synth.backends.cutouts import make_cutouts
+    from synth.backends.diffusion import image_generators
+
+    overrides = ("synth.clip_guided.parameterization=fourier", "synth.clip_guided.iterations=3",
+                 "synth.clip_guided.cutouts=3", "synth.clip_guided.lr=0.2", "synth.clip_guided.cut_pow=2.0",
+                 "synth.clip_guided.min_size=0.6", "synth.clip_guided.augmentations=[affine,noise]")
+    cfg, backend = _load_clip_guided(tmp_path, clip_teacher, *overrides)
+    records, encoding = _plain_records(cfg, backend, [0, 1])
+    got = backend.generate(records, encoding)
+
+    c, param = cfg.synth.clip_guided, backend.param
+    params = param.init(image_generators(records)).requires_grad_(True)
+    aug_gens = image_generators(records)
+    target = encoding.features.float().unsqueeze(1)
+    opt = torch.optim.Adam([params], lr=0.2)
+    for _ in range(3):
+        views = make_cutouts(param.render(params), aug_gens, cutouts=3, size=clip_teacher.image_size, cut_pow=2.0,
+                             min_frac=0.6, augmentations=["affine", "noise"])
+        feats = clip_teacher.image_features(views).view(2, 3, -1)
+        loss = spherical_distance(feats, target).mean(1).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert c.lr == 0.2 and got.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(got, param.render(params).detach())
+
+
+def test_clip_guided_images_are_in_range_whatever_the_parameterization_renders(tmp_path, clip_teacher):
+    """The backend promises [0, 1]; a registered parameterisation that renders outside it is clamped."""
+    from synth.backends.clip_guided import _PARAMETERIZATIONS, PixelImage, register_parameterization
+
+    @register_parameterization("test_unbounded")
+    class Unbounded(PixelImage):
+        def render(self, params):
+            return params * 10
+
+    try:
+        cfg, backend = _load_clip_guided(tmp_path, clip_teacher, "synth.clip_guided.parameterization=test_unbounded",
+                                         "synth.clip_guided.iterations=1")
+        records, encoding = _plain_records(cfg, backend, [0, 1])
+        images = backend.generate(records, encoding)
+        assert images.min() == 0 and images.max() == 1  # 10 x N(0, 0.5) reaches far past both ends
+    finally:
+        _PARAMETERIZATIONS._items.pop("test_unbounded", None)

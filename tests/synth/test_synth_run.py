@@ -123,9 +123,11 @@ def _bad(capsys, out, *overrides):
     ("synth.model=nobody/no-such-model", "cannot load diffusion pipeline 'nobody/no-such-model'"),
     ("synth.images_per_class=0", "images_per_class"),
     ("synth.resolution=36", "synth.resolution=36 cannot be produced"),
+    ("synth.backend=clip_guided synth.clip_guided.parameterization=fourir",
+     "unknown parameterization 'fourir' (synth.clip_guided.parameterization); did you mean 'fourier'?"),
 ])
 def test_bad_input_exits_2_with_one_line_before_any_image(tmp_path, capsys, override, message):
-    code, err = _bad(capsys, tmp_path, override)
+    code, err = _bad(capsys, tmp_path, *override.split())
     assert code == 2 and len(err.splitlines()) == 1 and message in err
     assert not list(tmp_path.rglob("*.parquet"))
 
