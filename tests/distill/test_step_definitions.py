@@ -227,6 +227,14 @@ def test_kd_names_the_class_dimension_so_torch_warns_nothing():
 # --- the teacher
 
 
+def test_the_teacher_stays_in_eval_mode(teacher_032):
+    """Asking the wrapper (or, through it, CLIP) to train must not switch dropout or statistics on."""
+    teacher_032.train()
+    assert not teacher_032.training and not any(m.training for m in teacher_032.modules())
+    teacher_032.train(True)
+    assert not teacher_032.training and not teacher_032.clip.model.training
+
+
 def test_teacher_normalisation_is_not_saved_as_weights(teacher_032):
     """The student's mean/std the teacher undoes are per-run settings: not in its state_dict, unlike CLIP's own."""
     keys = set(teacher_032.state_dict())
