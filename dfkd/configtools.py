@@ -119,13 +119,17 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if get_origin(tp) is Literal and value not in get_args(tp):
         valid = ", ".join(str(c) for c in get_args(tp))
         raise UserError(f"config key '{key}' must be one of: {valid} (got {value!r})")
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, dict):  # YAML keys may be numbers; field keys are names
+        value = {str(k): v for k, v in value.items()}
     try:
         return _adapter(tp).validate_python(value, strict=True)
     except ValidationError as exc:
         error = exc.errors()[0]
         if get_origin(tp) in (list, dict) and error["loc"]:  # one bad item: name it
             item = error["loc"][0]
-            key, tp, value = f"{key}[{item}]" if isinstance(item, int) else f"{key}.{item}", get_args(tp)[-1], error["input"]
+            key, tp, value = f"{key}[{item}]" if get_origin(tp) is list else f"{key}.{item}", get_args(tp)[-1], error["input"]
         raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}") from None
 
 

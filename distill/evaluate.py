@@ -64,6 +64,9 @@ class Evaluator:
     accelerator: Any
     num_workers: int = 0
 
+    def __post_init__(self):
+        self.student = self.accelerator.unwrap_model(self.student)
+
     @torch.no_grad()
     def score(self, real: RealImages, with_teacher: bool) -> torch.Tensor:
         """``(3,)`` float64 counts summed over processes: [teacher correct, student correct, images]."""
@@ -91,7 +94,7 @@ class Evaluator:
 
     def run(self, domains: list[RealImages], with_teacher: bool = True) -> dict[str, Any]:
         """Per-domain top-1 (%) and the mean over domains for the teacher and the student."""
-        student = self.student = self.accelerator.unwrap_model(self.student)
+        student = self.student
         was_training = student.training
         student.eval()
         rows = []

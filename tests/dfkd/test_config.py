@@ -199,3 +199,14 @@ def test_the_backend_declares_the_text_encoder_styles_live_in(tmp_path):
         assert cfg.prompt_encoder() == ("my/encoder", "clip")
     finally:
         _BACKENDS.pop("test_encoder_source")
+
+
+def test_values_from_python_keep_working_tuples_as_lists_and_keys_as_names(tmp_path):
+    from dfkd.config import config_from_dict
+    from dfkd.configtools import load_yaml
+
+    data = load_yaml(TINY_YAML)
+    data["output_dir"] = str(tmp_path)
+    data["distill"] = {**data["distill"], "mean": (0.5, 0.5, 0.5), "student_kwargs": {1: 2}}
+    cfg = config_from_dict(data)
+    assert cfg.distill.mean == [0.5, 0.5, 0.5] and cfg.distill.student_kwargs == {"1": 2}

@@ -344,11 +344,13 @@ def test_clip_guided_generate_is_adam_on_the_cutout_loss(tmp_path, clip_teacher)
     aug_gens = image_generators(records)
     target = encoding.features.float().unsqueeze(1)
     opt = torch.optim.Adam([params], lr=0.2)
-    for _ in range(3):
+    for step in range(3):
         views = make_cutouts(param.render(params), aug_gens, cutouts=3, size=clip_teacher.image_size, cut_pow=2.0,
                              min_frac=0.6, augmentations=["affine", "noise"])
         feats = clip_teacher.image_features(views).view(2, 3, -1)
         loss = spherical_distance(feats, target).mean(1).sum()
+        if step == 0:  # the loss itself, not only its direction (Adam is blind to a constant factor)
+            torch.testing.assert_close(backend._loss(params, target, image_generators(records)), loss)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -9,6 +9,7 @@ import torch
 from synth_helpers import CLIP_GUIDED, fast_args, fast_config, read_rows
 
 from dfkd.cli import main
+from dfkd.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,11 @@ def test_filter_drop_and_regenerate(tmp_path):
     assert read_rows(tmp_path / "drop" / "dataset") == {}  # a random tiny teacher is never that sure
     card = (tmp_path / "drop" / "dataset" / "README.md").read_text()
     assert "6 dropped" in card
+    from synth.writer import shard_info
+
+    infos = [shard_info(p) for p in sorted((tmp_path / "drop" / "dataset" / "data").glob("*.parquet"))]
+    assert infos and all(list(i) == ["generated", "regenerated", "dropped", "below_threshold"] for i in infos)
+    assert [sum(i[k] for i in infos) for k in ("generated", "regenerated", "dropped", "below_threshold")] == [6, 0, 6, 6]
     assert main(fast_args(tmp_path / "regen", "synth.filter.enabled=true", "synth.filter.threshold=0.999",
                           "synth.filter.max_tries=1")) == 0
     rows = read_rows(tmp_path / "regen" / "dataset")
@@ -192,3 +198,18 @@ def test_a_run_that_failed_before_any_image_does_not_lock_the_folder(tmp_path, c
     assert code == 2
     assert main(fast_args(tmp_path, "synth.images_per_class=1")) == 0
     assert len(read_rows(tmp_path / "dataset")) == 3
+
+
+def test_an_unknown_parameterization_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import synth.run
+    from synth.stage import SynthStage
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the backend's settings were checked")
+
+    monkeypatch.setattr(synth.run, "load_teacher", no_teacher)
+    code, err = _bad(capsys, tmp_path, "synth.backend=clip_guided", "synth.clip_guided.parameterization=fourir")
+    assert code == 2 and "did you mean 'fourier'?" in err
+    cfg = fast_config(tmp_path, "synth.backend=clip_guided", "synth.clip_guided.parameterization=fourir")
+    with pytest.raises(UserError, match="unknown parameterization 'fourir'"):
+        SynthStage().preflight(cfg)
