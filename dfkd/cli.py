@@ -178,21 +178,13 @@ def _make_tiny(args) -> int:
 
 def _setup_environment() -> None:
     # Quieter third-party progress bars/logs for a CLI whose own progress bars matter.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from diffusers.utils import logging as df_logging
-
-        df_logging.set_verbosity_error()
-        df_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    for logging in (transformers_logging, diffusers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
 
 
 def run_command(args: argparse.Namespace) -> int:

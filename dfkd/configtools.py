@@ -9,10 +9,10 @@ pydantic in strict mode, so the typed conversion is a library's, and only the on
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -61,7 +61,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set each dotted override into a (copied) nested mapping; intermediate mappings are created."""
-    data = _deepcopy(data)
+    data = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
         node = data
@@ -75,14 +75,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[parts[-1]] = value
     return data
-
-
-def _deepcopy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _deepcopy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deepcopy(v) for v in obj]
-    return obj
 
 
 def _type_name(tp: Any) -> str:
@@ -186,7 +178,7 @@ def at_least(section: Any, prefix: str, **minimums: float) -> None:
         check(value is None or value >= low, prefix + name, f"must be >= {low}" if low == 0 else f"must be at least {low}")
 
 
-__all__ = ["apply_overrides", "at_least", "check", "from_dict", "load_yaml", "parse_override", "to_dict", "typing"]
+__all__ = ["apply_overrides", "at_least", "check", "from_dict", "load_yaml", "parse_override", "to_dict"]
 
 
 RESOLVED_CONFIG_NAME = "config.yaml"

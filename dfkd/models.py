@@ -19,10 +19,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def is_tiny(model_id: str) -> bool:
-    return model_id.startswith(TINY_PREFIX)
-
-
 def cache_path(env_var: str, hf_home_sub: str, home_sub: str) -> Path:
     """``$env_var``, else ``$HF_HOME/hf_home_sub``, else ``~/.cache/dfkd/home_sub``."""
     if os.environ.get(env_var):
@@ -30,11 +26,6 @@ def cache_path(env_var: str, hf_home_sub: str, home_sub: str) -> Path:
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]) / hf_home_sub
     return Path.home() / ".cache" / "dfkd" / home_sub
-
-
-def tiny_cache_dir() -> Path:
-    """Where ``tiny:*`` models are built once: ``$DFKD_TINY_DIR`` or ``$HF_HOME/dfkd-tiny`` or ``~/.cache/dfkd/tiny``."""
-    return cache_path("DFKD_TINY_DIR", "dfkd-tiny", "tiny")
 
 
 def resolve_model_id(model_id: str) -> str:
@@ -46,7 +37,7 @@ def resolve_model_id(model_id: str) -> str:
         from . import digits
 
         return str(digits.ensure(model_id[len(digits.PREFIX):]))
-    if not is_tiny(model_id):
+    if not model_id.startswith(TINY_PREFIX):
         return model_id
     from .tiny import TINY_BUILDERS, ensure_tiny
 
@@ -54,11 +45,8 @@ def resolve_model_id(model_id: str) -> str:
     if name not in TINY_BUILDERS:
         valid = ", ".join(TINY_PREFIX + n for n in TINY_BUILDERS)
         raise UserError(f"unknown tiny model '{model_id}'; valid tiny models are: {valid}")
-    return str(ensure_tiny(name, tiny_cache_dir()))
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+    # built once in $DFKD_TINY_DIR, else $HF_HOME/dfkd-tiny, else ~/.cache/dfkd/tiny
+    return str(ensure_tiny(name, cache_path("DFKD_TINY_DIR", "dfkd-tiny", "tiny")))
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -86,7 +74,7 @@ def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: A
         hint = (
             "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache; download it first "
             f"(`hf download {model_id}`) or pass a local folder"
-            if _offline()
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
             else "check the id on the Hugging Face Hub, your network and your login, or pass a local folder"
         )
         raise UserError(f"cannot load {what} '{model_id}': {hint}") from exc

@@ -66,9 +66,7 @@ def multi_process_cpu() -> bool:
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    xpu = getattr(torch, "xpu", None)
-    has_xpu = bool(xpu is not None and xpu.is_available())
-    return world > 1 and not torch.cuda.is_available() and not has_xpu
+    return world > 1 and not torch.cuda.is_available() and not torch.xpu.is_available()
 
 
 def is_main_process() -> bool:

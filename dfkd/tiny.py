@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import tempfile
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -29,19 +28,11 @@ TINY_VERSION = "1"
 SEED = 0
 TEXT_WIDTH = 32
 IMAGE_SIZE = 32
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP reversible byte -> printable unicode map (order matters: it fixes token ids)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
+#: the tiny autoencoders' shape (SD's VAE, the VQGAN and the lone VAE): two blocks of 16 and 32 channels, f=2
+_AUTOENCODER = {
+    "block_out_channels": (16, 32), "latent_channels": 4, "norm_num_groups": 16, "sample_size": IMAGE_SIZE,
+    "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
+}
 
 
 def clip_bpe_path() -> Path:
@@ -58,10 +49,12 @@ def clip_bpe_path() -> Path:
 @lru_cache(maxsize=1)
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """Vocabulary and merges identical to ``openai/clip-vit-base-patch32``'s tokenizer."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2/CLIP byte map: fixes the ids
+
     with gzip.open(clip_bpe_path()) as f:
         lines = f.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
-    base = list(_bytes_to_unicode().values())
+    base = list(bytes_to_unicode().values())
     tokens = base + [b + "</w>" for b in base] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     return {t: i for i, t in enumerate(tokens)}, merges
@@ -72,12 +65,7 @@ def make_clip_tokenizer(model_max_length: int = 77):
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        tok = CLIPTokenizer(vocab=str(Path(tmp) / "vocab.json"), merges=str(Path(tmp) / "merges.txt"))
-    tok.model_max_length = model_max_length
-    return tok
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length)
 
 
 def _text_config_kwargs() -> dict:
@@ -127,10 +115,7 @@ def build_sd(out: Path) -> None:
         cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=16,
     )
     torch.manual_seed(SEED + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=16,
-    )
+    vae = AutoencoderKL(**_AUTOENCODER)
     torch.manual_seed(SEED + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config_kwargs())).eval()
     scheduler = DDIMScheduler(
@@ -149,11 +134,7 @@ def build_vqgan(out: Path) -> None:
     from diffusers import VQModel
 
     torch.manual_seed(SEED)
-    VQModel(
-        block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, num_vq_embeddings=64,
-        norm_num_groups=16, sample_size=IMAGE_SIZE,
-    ).save_pretrained(out)
+    VQModel(**_AUTOENCODER, num_vq_embeddings=64).save_pretrained(out)
 
 
 def build_vae(out: Path) -> None:
@@ -161,10 +142,7 @@ def build_vae(out: Path) -> None:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(SEED)
-    AutoencoderKL(
-        block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=16, sample_size=IMAGE_SIZE,
-    ).save_pretrained(out)
+    AutoencoderKL(**_AUTOENCODER).save_pretrained(out)
 
 
 TINY_BUILDERS: dict[str, Callable[[Path], None]] = {

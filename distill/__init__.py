@@ -6,22 +6,16 @@ stays fast).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["load_student", "register_loss", "register_student"]
 
 
+_HOMES = {"load_student": ".export", "register_student": ".students", "register_loss": ".losses"}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "load_student":
-        from .export import load_student
-
-        return load_student
-    if name == "register_student":
-        from .students import register_student
-
-        return register_student
-    if name == "register_loss":
-        from .losses import register_loss
-
-        return register_loss
-    raise AttributeError(name)
+    if name not in _HOMES:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(_HOMES[name], __name__), name)

@@ -27,7 +27,7 @@ from .contrastive import (
     save_style_bank,
 )
 from .encoder import StyleTextEncoder
-from .methods import check_prompt_method, create_prompt_method, preflight_prompt_method
+from .methods import PROMPT_METHODS, create_prompt_method, preflight_prompt_method
 from .styles import PACKAGE_DICTIONARY, load_style_dictionary
 
 
@@ -66,7 +66,7 @@ def styles_learned(cfg: PromptsExperiment) -> bool:
 def learn(cfg: PromptsExperiment, args=None) -> int:
     """``dfkd prompts learn``: learn ``K`` Contrastive-Prompt styles (docs/method.md section 3)."""
     # 1. check inputs before any model is loaded
-    check_prompt_method(cfg.prompts.method)
+    PROMPT_METHODS.get(cfg.prompts.method)  # an unknown name lists the valid ones
     words = load_style_dictionary(cfg.prompts.style_dictionary)
     model_id = cfg.prompt_encoder()[0]
     folder = bank_dir(cfg.out)

@@ -157,16 +157,10 @@ def method_needs_learning(name: str) -> bool:
     return PROMPT_METHODS.get(name).needs_learning
 
 
-def check_prompt_method(name: str) -> None:
-    """Raise a one-line UserError listing the valid methods when ``name`` is not registered (cheap: no model)."""
-    PROMPT_METHODS.get(name)
-
-
 def preflight_prompt_method(cfg: PromptsConfig, run_dir: Path | str) -> None:
     """Everything about ``cfg.method`` that can be checked before loading a model: the name, then the
     method's own :meth:`PromptMethod.preflight` (e.g. ``contrastive`` needs its learned styles)."""
-    check_prompt_method(cfg.method)
-    PROMPT_METHODS[cfg.method].preflight(cfg, Path(run_dir))
+    PROMPT_METHODS.get(cfg.method).preflight(cfg, Path(run_dir))
 
 
 def create_prompt_method(cfg: PromptsConfig, *, classes: Sequence[str], encoder: StyleTextEncoder, seed: int,

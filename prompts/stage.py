@@ -12,11 +12,10 @@ class PromptsStage(Stage):
     name = "prompts"
 
     def preflight(self, cfg: PromptsExperiment) -> None:
-        from .methods import check_prompt_method, method_needs_learning
+        from .methods import method_needs_learning
         from .styles import load_style_dictionary
 
-        check_prompt_method(cfg.prompts.method)
-        if method_needs_learning(cfg.prompts.method):
+        if method_needs_learning(cfg.prompts.method):  # an unknown method fails here, listing the valid ones
             load_style_dictionary(cfg.prompts.style_dictionary)
             self.is_done(cfg)  # styles learned under other settings are refused now, not after loading a model
 

@@ -37,10 +37,7 @@ def front_matter(cfg, config_name: str = "default", rows: int = 0) -> dict:
         "configs": [{"config_name": config_name,
                      "data_files": [{"split": "train", "path": f"{schema.DATA_DIR}/*.parquet"}]}],
     }
-    try:
-        meta["dataset_info"] = {"config_name": config_name, "features": schema.features(cfg.classes)._to_yaml_list()}
-    except AttributeError:  # pragma: no cover - older datasets; the parquet metadata carries the features too
-        pass
+    meta["dataset_info"] = {"config_name": config_name, "features": schema.features(cfg.classes)._to_yaml_list()}
     return meta
 
 

@@ -16,6 +16,7 @@ import torch
 
 from dfkd import schema
 from dfkd.runtime import derive_seed
+from prompts.methods import create_prompt_method, preflight_prompt_method
 from prompts.teacher import load_teacher
 
 from .backends import Backend, get_backend
@@ -61,7 +62,8 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     backend = backend_cls.load(cfg, teacher=teacher, device=device)
 
     # 3. the prompt method, in the generator's text-encoder space
-    method = create_prompt_method(cfg, backend)
+    method = create_prompt_method(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=cfg.seed,
+                                  run_dir=cfg.out)
 
     # 4. this process's share of the pending shards (listed by everyone before anyone writes)
     done = done_shards(dataset_dir / schema.DATA_DIR, specs)
@@ -132,23 +134,9 @@ def process_state(device: str):
 
 def resolve_device(name: str, state) -> torch.device:
     """``auto``: this process's accelerator under Accelerate (cuda:LOCAL_RANK, mps) else cpu."""
-    if name == "auto":
-        return state.device
-    if name == "cuda" and state.num_processes > 1:
+    if name == "auto" or (name == "cuda" and state.num_processes > 1):
         return state.device
     return torch.device(name)
-
-
-def preflight_prompt_method(prompts_cfg, run_dir: Path) -> None:
-    from prompts.methods import preflight_prompt_method as preflight
-
-    preflight(prompts_cfg, run_dir)
-
-
-def create_prompt_method(cfg, backend: Backend):
-    from prompts.methods import create_prompt_method as create
-
-    return create(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=cfg.seed, run_dir=cfg.out)
 
 
 @torch.no_grad()

@@ -87,10 +87,6 @@ def _components() -> dict[str, Component]:
 NAMES = ("clip", "vqgan", "vae", "sd")
 
 
-def is_digits(model_id: str) -> bool:
-    return isinstance(model_id, str) and model_id.startswith(PREFIX)
-
-
 def default_cache() -> Path:
     from ..models import cache_path
 

@@ -194,10 +194,9 @@ def render(glyphs: torch.Tensor, styles: list[str], gen: torch.Generator, photos
     stroke = stroke or ["normal"] * n
     noisy = noisy or [False] * n
     blurred = blurred or [False] * n
-    g = glyphs.clone()
     thick_m = torch.tensor([s == "thick" for s in stroke]).view(-1, 1, 1, 1)
     thin_m = torch.tensor([s == "thin" for s in stroke]).view(-1, 1, 1, 1)
-    g = torch.where(thick_m, thicken(glyphs), torch.where(thin_m, thin(glyphs), g))
+    g = torch.where(thick_m, thicken(glyphs), torch.where(thin_m, thin(glyphs), glyphs))
     out = torch.zeros(n, 3, SIZE, SIZE)
     fg_names: list[str | None] = [None] * n
     bg_names: list[str | None] = [None] * n
@@ -234,7 +233,6 @@ def render(glyphs: torch.Tensor, styles: list[str], gen: torch.Generator, photos
 
 
 # ------------------------------------------------------------------------------------------ captions
-NUMBER_WORDS = CLASSES
 STYLE_PHRASES = {
     "plain": ["white on black", "plain", "mnist", "white ink on black", "classic"],
     "inverted": ["black on white", "inverted", "dark ink on white paper", "black ink", "printed"],
@@ -258,7 +256,7 @@ def caption(label: int, r: Rendered, i: int, gen: torch.Generator) -> tuple[str,
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
 
-    word, num = NUMBER_WORDS[label], str(label)
+    word, num = CLASSES[label], str(label)
     if torch.rand(1, generator=gen).item() < 0.75:
         digit = pick([word, f"number {word}", f"digit {word}", f"handwritten {word}"])
     else:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..models import CLIP_MEAN, CLIP_STD
 from . import data
-from .training import optimizer_step, recipe_key, warmup_cosine
+from .training import optimizer_step, warmup_cosine
 
 CONTEXT = 32  #: text context length (tokens); captions are short
 #: bump when the training code or data of the teacher changes (part of its cache key, with the recipe)
@@ -43,9 +43,6 @@ class TeacherRecipe:
     logit_scale_init: float = 14.3  #: CLIP's 1/0.07
     train_images: int | None = None  #: MNIST training digits used (None = all 60k)
     seed: int = 0
-
-    def key(self) -> str:
-        return recipe_key(self, TEACHER_VERSION)
 
 
 def build_model(r: TeacherRecipe):

@@ -65,14 +65,10 @@ def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
     return _BACKENDS.register(name)
 
 
-def _import_builtins() -> None:
-    from . import clip_guided, diffusion  # noqa: F401 - they register themselves
-
-
-
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered as ``name``; an unknown name is a UserError listing the valid ones."""
-    _import_builtins()
+    from . import clip_guided, diffusion  # noqa: F401 - the built-in backends register themselves
+
     return _BACKENDS.get(name)
 
 

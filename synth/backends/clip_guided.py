@@ -181,10 +181,6 @@ class DecoderLatent(Parameterization):
         return _straight_through_clamp((x.float() + 1) / 2)
 
 
-def create_parameterization(name: str, **kwargs) -> Parameterization:
-    return _PARAMETERIZATIONS.get(name)(**kwargs)
-
-
 # ---------------------------------------------------------------- the backend
 @register_backend("clip_guided")
 class ClipGuidedBackend(Backend):
@@ -207,9 +203,9 @@ class ClipGuidedBackend(Backend):
         s = cfg.synth
         name = s.clip_guided.parameterization
         c = s.clip_guided
-        param = create_parameterization(name, resolution=s.resolution, model_id=s.model, dtype=DTYPES[s.dtype],
-                                       decay=c.decay, strokes=c.strokes, points=c.stroke_points,
-                                       init_scale=c.init_scale)
+        param = _PARAMETERIZATIONS.get(name)(resolution=s.resolution, model_id=s.model, dtype=DTYPES[s.dtype],
+                                             decay=c.decay, strokes=c.strokes, points=c.stroke_points,
+                                             init_scale=c.init_scale)
         gen_id = f"clip_guided:{s.model}" if name == "decoder" else f"clip_guided:{name}"
         return cls(teacher, param.to(device), s.clip_guided, resolution=s.resolution, generator_id=gen_id)
 
