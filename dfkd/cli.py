@@ -149,10 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resolve_handler(spec: str) -> Callable:
     module, _, attr = spec.partition(":")
-    fn = getattr(importlib.import_module(module), attr, None)
-    if fn is None:
-        raise RuntimeError(f"command handler {spec} is missing")
-    return fn
+    return getattr(importlib.import_module(module), attr)
 
 
 def _show_config(cfg, args) -> int:
@@ -188,16 +185,13 @@ def _setup_environment() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    cmd: Command = args._command
-    handler = _resolve_handler(cmd.handler)
-    if not cmd.uses_config:
-        _setup_environment()
-        return int(handler(args) or 0)
     from .config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cmd: Command = args._command
+    handler = _resolve_handler(cmd.handler)
+    inputs = (load_config(args.config, args.overrides), args) if cmd.uses_config else (args,)
     _setup_environment()
-    return int(handler(cfg, args) or 0)
+    return int(handler(*inputs) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,14 +66,12 @@ def load_check(folder: Path, loads_with: Sequence[str]) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: Path):
-    """An exclusive ``flock`` on ``path`` (created if missing), held for the ``with`` block."""
+    """An exclusive ``flock`` on ``path`` (created if missing), held for the ``with`` block (closing the file
+    releases it, also when the block raises)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def in_distributed_group() -> bool:

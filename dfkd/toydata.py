@@ -114,21 +114,16 @@ def write_synthetic_dataset(folder: str | Path, classes: Sequence[str], *, per_c
     from dfkd.schema import DATA_DIR, features
 
     rng = np.random.default_rng(seed)
-    rows = {k: [] for k in features(classes)}
+    rows = []
     for label, name in enumerate(classes):
         for i in range(per_class):
             domain = domains[i % len(domains)]
-            rows["image"].append({"bytes": jpeg_bytes(render(label, len(classes), domain, rng, size)), "path": None})
-            rows["label"].append(label)
-            rows["index"].append(i)
-            rows["class_name"].append(name)
-            rows["prompt"].append(f"a {domain} style image of a {name}")
-            rows["method"].append("toy")
-            rows["style"].append(f'{{"toy_domain": "{domain}"}}')
-            rows["seed"].append(int(seed * 100_000 + label * 1000 + i))
-            rows["generator"].append("toy:shapes")
-            rows["teacher_confidence"].append(0.0)
-    ds = datasets.Dataset.from_dict(rows, features=features(classes))
+            image = {"bytes": jpeg_bytes(render(label, len(classes), domain, rng, size)), "path": None}
+            rows.append({"image": image, "label": label, "index": i, "class_name": name,
+                         "prompt": f"a {domain} style image of a {name}", "method": "toy",
+                         "style": f'{{"toy_domain": "{domain}"}}', "seed": seed * 100_000 + label * 1000 + i,
+                         "generator": "toy:shapes", "teacher_confidence": 0.0})
+    ds = datasets.Dataset.from_list(rows, features=features(classes))
     data = Path(folder) / DATA_DIR
     data.mkdir(parents=True, exist_ok=True)
     for k, start in enumerate(range(0, len(ds), shard_size)):

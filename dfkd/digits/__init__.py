@@ -65,8 +65,7 @@ def _components() -> dict[str, Component]:
     teacher = TeacherRecipe(steps=20, batch_size=32, train_images=2000) if smoke else TeacherRecipe()
     vq, kl, sd = AutoencoderRecipe(kind="vq"), AutoencoderRecipe(kind="kl", steps=800), DiffusionRecipe()
     if smoke:
-        vq, kl = (replace(r, steps=4, batch_size=8, pool=64) for r in (vq, kl))
-        sd = replace(sd, steps=4, batch_size=8, pool=64)
+        vq, kl, sd = (replace(r, steps=4, batch_size=8, pool=64) for r in (vq, kl, sd))
 
     seen_train = ("renderings of real MNIST training digits (the last 1,000 held back) in the teacher's styles, "
                   "over crops of scikit-image training photos and textures")

@@ -213,3 +213,20 @@ def test_an_unknown_parameterization_fails_before_any_model_loads(tmp_path, caps
     cfg = fast_config(tmp_path, "synth.backend=clip_guided", "synth.clip_guided.parameterization=fourir")
     with pytest.raises(UserError, match="unknown parameterization 'fourir'"):
         SynthStage().preflight(cfg)
+
+
+def test_stage_preflight_refuses_another_configs_dataset_unless_overwrite_and_writes_nothing(finished, tmp_path):
+    """``dfkd run``'s synth preflight reads the folder's state and never writes it: a dataset of another config is
+    refused, ``synth.overwrite=true`` lets it through (synthesis will start over), the state file is untouched,
+    and a new folder stays empty."""
+    from synth.plan import STATE_NAME
+    from synth.stage import SynthStage
+
+    state = finished / "dataset" / STATE_NAME
+    before = state.read_bytes()
+    with pytest.raises(UserError, match="different config"):
+        SynthStage().preflight(fast_config(finished, "seed=1"))
+    SynthStage().preflight(fast_config(finished, "seed=1", "synth.overwrite=true"))
+    assert state.read_bytes() == before
+    SynthStage().preflight(fast_config(tmp_path / "new"))
+    assert not (tmp_path / "new" / "dataset" / STATE_NAME).exists()
