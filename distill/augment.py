@@ -23,26 +23,19 @@ def step_generator(seed: int, rank: int, micro_step: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
-def _crop_params(n: int, cfg: AugmentConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per image: crop width/height as fractions of the side, and centres in [-1, 1] coordinates."""
-    if not cfg.random_resized_crop:
-        ones, zeros = torch.ones(n), torch.zeros(n)
-        return ones, ones, zeros, zeros
-    lo, hi = cfg.scale
-    area = lo + (hi - lo) * torch.rand(n, generator=gen)
-    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(n, generator=gen)
-    ratio = log_ratio.exp()
-    w = (area * ratio).sqrt().clamp(max=1.0)
-    h = (area / ratio).sqrt().clamp(max=1.0)
-    cx = (1 - w) * (2 * torch.rand(n, generator=gen) - 1)
-    cy = (1 - h) * (2 * torch.rand(n, generator=gen) - 1)
-    return w, h, cx, cy
-
-
 def crop_flip_resize(images: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """``(B, 3, H, W)`` float in [0, 1] -> ``(B, 3, size, size)``: random resized crop and horizontal flip."""
     n = images.shape[0]
-    w, h, cx, cy = _crop_params(n, cfg, gen)
+    # per image: crop width/height as fractions of the side, and centres in [-1, 1] coordinates
+    w, h, cx, cy = torch.ones(n), torch.ones(n), torch.zeros(n), torch.zeros(n)
+    if cfg.random_resized_crop:
+        lo, hi = cfg.scale
+        area = lo + (hi - lo) * torch.rand(n, generator=gen)
+        ratio = (math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(n, generator=gen)).exp()
+        w = (area * ratio).sqrt().clamp(max=1.0)
+        h = (area / ratio).sqrt().clamp(max=1.0)
+        cx = (1 - w) * (2 * torch.rand(n, generator=gen) - 1)
+        cy = (1 - h) * (2 * torch.rand(n, generator=gen) - 1)
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(n)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx

@@ -38,9 +38,6 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-# ----------------------------------------------------------------------------- decoding
-
-
 def decode_image(data: bytes, size: tuple[int, int] | None = None) -> torch.Tensor:
     """JPEG/PNG/... bytes -> ``(3, H, W)`` uint8 RGB; resized (bilinear, antialiased) to ``size`` if given."""
     from torchvision.io import ImageReadMode
@@ -49,11 +46,10 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None) -> torch.Tens
     try:
         img = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError:  # formats torchvision does not decode (gif, webp on some builds, ...)
-        import numpy as np
         from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
 
-        arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        img = pil_to_tensor(Image.open(io.BytesIO(data)).convert("RGB"))
     if size is not None and tuple(img.shape[-2:]) != tuple(size):
         img = resize_uint8(img, size)
     return img
@@ -71,9 +67,6 @@ def center_square(img: torch.Tensor, size: int) -> torch.Tensor:
     nh, nw, top, left = center_square_box(h, w, size)
     img = resize_uint8(img, (nh, nw)) if (nh, nw) != (h, w) else img
     return img[:, top:top + size, left:left + size].contiguous()
-
-
-# ----------------------------------------------------------------------------- the synthetic set
 
 
 def load_synthetic(path: str | Path, classes: Sequence[str]):
@@ -96,8 +89,7 @@ def load_synthetic(path: str | Path, classes: Sequence[str]):
         if not was_disabled:
             datasets.enable_progress_bars()
     check_columns(ds.column_names, str(path))
-    label = ds.features["label"]
-    names = getattr(label, "names", None)
+    names = getattr(ds.features["label"], "names", None)
     if names is None:
         raise UserError(f"dataset '{path}' has no ClassLabel 'label' column; it was not written by `dfkd synth`")
     check_classes(names, classes, str(path))
@@ -135,14 +127,8 @@ def decode_all(dataset: torch.utils.data.Dataset, num_workers: int = 0, batch_si
     from tqdm.auto import tqdm
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    images, labels = [], []
-    for x, y, _ in tqdm(loader, desc="decode", unit="batch", leave=False, dynamic_ncols=True, disable=not show):
-        images.append(x)
-        labels.append(y)
-    return torch.cat(images), torch.cat(labels).long()
-
-
-# ----------------------------------------------------------------------------- order and batches
+    batches = list(tqdm(loader, desc="decode", unit="batch", leave=False, dynamic_ncols=True, disable=not show))
+    return torch.cat([x for x, _, _ in batches]), torch.cat([y for _, y, _ in batches]).long()
 
 
 @dataclass
@@ -216,9 +202,8 @@ class TrainData:
             self.is_real = data.is_real.to(device)
         else:
             self.sampler = PlannedBatches(plan)
-            pin = device.type == "cuda"
             self.loader = torch.utils.data.DataLoader(
-                data, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin,
+                data, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
                 persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0),
             )
 
@@ -253,9 +238,6 @@ def fits_on_device(nbytes: int, device: torch.device, mode: str) -> bool:
     return nbytes <= 0.25 * ram
 
 
-# ----------------------------------------------------------------------------- real data (eval, few-shot)
-
-
 def normalize_name(name: str) -> str:
     """``"Alarm_Clock" -> "alarmclock"``: how class folder names are matched to config classes."""
     return re.sub("[^a-z0-9]", "", name.lower())
@@ -277,17 +259,11 @@ class RealImages:
 def match_classes(found: Sequence[str], classes: Sequence[str], where: str) -> dict[str, int]:
     """Map found class names to config class indices by normalised name; a missing class is a UserError."""
     by_norm = {normalize_name(f): f for f in found}
-    mapping, missing = {}, []
-    for i, c in enumerate(classes):
-        hit = by_norm.get(normalize_name(c))
-        if hit is None:
-            missing.append(c)
-        else:
-            mapping[hit] = i
+    missing = [c for c in classes if normalize_name(c) not in by_norm]
     if missing:
         raise UserError(f"{where} has no class {missing[0]!r} (missing: {', '.join(missing[:4])}; found: "
                         f"{', '.join(sorted(found)[:6])}); give data with every configured class or fix `classes`")
-    return mapping
+    return {by_norm[normalize_name(c)]: i for i, c in enumerate(classes)}
 
 
 def read_domainbed(root: str | Path, classes: Sequence[str], domains: Sequence[str] | None = None) -> list[RealImages]:
@@ -340,9 +316,8 @@ def read_hf_domains(path: str, classes: Sequence[str], layout: EvalConfig,
     out = []
     for domain in sorted(set(doms)) if not domains else list(domains):
         rows = [i for i, d in enumerate(doms) if d == domain]
-        sub = ds.select(rows)
         keep = [(r[image_column]["bytes"] or Path(r[image_column]["path"]).read_bytes(), remap[r[label_column]])
-                for r in sub if r[label_column] in remap]
+                for r in ds.select(rows) if r[label_column] in remap]
         out.append(RealImages(str(domain), [k[0] for k in keep], [k[1] for k in keep]))
     return out
 

@@ -76,8 +76,7 @@ class Evaluator:
         idx = domain_indices(real, self.settings.max_images_per_domain, acc.process_index, acc.num_processes)
         loader = torch.utils.data.DataLoader(SquareViews(real, idx, view), batch_size=self.settings.batch_size,
                                              num_workers=self.num_workers)
-        mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+        mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (pre.mean, pre.std))
         counts = torch.zeros(3, dtype=torch.float64, device=device)
         bar = tqdm(loader, desc=f"eval {real.domain}", unit="batch", leave=False, dynamic_ncols=True,
                    disable=not acc.is_local_main_process)
@@ -122,11 +121,10 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_eval(result: dict[str, Any], out: Path, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def write_eval(result: dict[str, Any], out: Path, extra: dict[str, Any] | None = None) -> None:
     """``OUT/eval.json`` and ``OUT/eval.md`` (main process)."""
     out.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in result.items() if not k.endswith("_flat")}
     payload.update(extra or {})
     atomic_write(out / "eval.md", markdown_table(result))
     atomic_write(out / "eval.json", json.dumps(payload, indent=2))  # last: its presence marks a finished evaluation
-    return out / "eval.json", out / "eval.md"

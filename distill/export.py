@@ -51,7 +51,7 @@ def dataset_provenance(dataset) -> dict[str, str]:
 
 
 def export_student(model: DistillStudent, folder: str | Path, meta: dict[str, Any],
-                   metrics: dict[str, Any] | None = None) -> Path:
+                   metrics: dict[str, Any] | None = None) -> None:
     """Write weights, ``config.json`` (with ``meta``, see :func:`student_meta`) and model card of
     ``model.student`` (and its embedding head) into ``folder``, atomically."""
     from safetensors.torch import save_file
@@ -80,7 +80,6 @@ def export_student(model: DistillStudent, folder: str | Path, meta: dict[str, An
         if model.head is not None:
             save_file(_state(model.head), str(tmp / HEAD_NAME))
         (tmp / "README.md").write_text(model_card(meta, metrics))
-    return folder
 
 
 def model_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:

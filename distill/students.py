@@ -132,15 +132,10 @@ def create_student(name: str, num_classes: int, kwargs: dict[str, Any] | None = 
     return model, kind
 
 
-def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    return dict(cfg)
-
-
 def student_preprocessing(model: nn.Module, input_size: int | None = None, mean: Sequence[float] | None = None,
                           std: Sequence[float] | None = None) -> Preprocessing:
     """Config values first, then the model's ``pretrained_cfg``, then 224 px and ImageNet mean/std."""
-    pcfg = _pretrained_cfg(model)
+    pcfg = dict(getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {})
     size = input_size or (pcfg.get("input_size") or (3, 224, 224))[-1]
     mean = tuple(mean or pcfg.get("mean") or IMAGENET_MEAN)
     std = tuple(std or pcfg.get("std") or IMAGENET_STD)

@@ -71,9 +71,6 @@ class TrainResult:
     step_seconds: list[float] = field(default_factory=list)  #: duration of each timed step (after warm-up)
 
 
-# ----------------------------------------------------------------------------- 1. inputs
-
-
 @dataclass
 class Inputs:
     """Everything checked before training: built student, preprocessing, data, resume point."""
@@ -162,9 +159,6 @@ def check_inputs(cfg: DistillExperiment, main_first, resume_latest: bool = False
     return Inputs(student, kind, pre, ds, dataset_dir, resume_dir, few, eval_domains)
 
 
-# ----------------------------------------------------------------------------- 2. accelerator
-
-
 def resolve_tracker(name: str, is_main: bool) -> str | None:
     """``none`` -> None; ``tensorboard`` without tensorboard installed -> None with a one-line notice."""
     if not name or name.lower() == "none":
@@ -186,9 +180,6 @@ def make_accelerator(cfg: DistillExperiment):
     return Accelerator(mixed_precision=d.mixed_precision, gradient_accumulation_steps=d.gradient_accumulation_steps,
                        log_with=resolve_tracker(d.log_with, is_main_process()), project_config=project,
                        cpu=multi_process_cpu())
-
-
-# ----------------------------------------------------------------------------- 4. data
 
 
 def build_train_data(cfg: DistillExperiment, inputs: Inputs, accelerator) -> TrainData:
@@ -213,9 +204,6 @@ def build_train_data(cfg: DistillExperiment, inputs: Inputs, accelerator) -> Tra
     return TrainData(plan, accelerator.device, Batch(images, labels, is_real))
 
 
-# ----------------------------------------------------------------------------- 7. checkpoints
-
-
 def save_checkpoint(accelerator, cfg: DistillExperiment, step: int) -> Path:
     """``save_state`` into ``OUT/checkpoints/checkpoint-STEP`` (all processes), then prune (main process)."""
     path = cfg.out / CHECKPOINTS_DIR / f"checkpoint-{step}"
@@ -232,9 +220,6 @@ def load_checkpoint(accelerator, path: Path) -> int:
     """Restore model, optimiser, scheduler and RNG states; returns the optimiser step to continue from."""
     accelerator.load_state(str(path))
     return int(json.loads((path / STATE_FILE).read_text())["step"])
-
-
-# ----------------------------------------------------------------------------- 8. the loop
 
 
 @dataclass
@@ -396,14 +381,9 @@ def train(cfg: DistillExperiment, stop_after_step: int | None = None, *, resume_
 
 def _flat_config(cfg: DistillExperiment) -> dict[str, Any]:
     """Scalar hyper-parameters for trackers (they reject nested values)."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
+    def flat(prefix: str, node: Any) -> dict[str, Any]:
         if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}{k}.", v)
-        elif isinstance(node, (int, float, str, bool)):
-            flat[prefix[:-1]] = node
+            return {key: v for k, child in node.items() for key, v in flat(f"{prefix}{k}.", child).items()}
+        return {prefix[:-1]: node} if isinstance(node, (int, float, str, bool)) else {}
 
-    walk("", cfg.to_dict())
-    return flat
+    return flat("", cfg.to_dict())
