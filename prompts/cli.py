@@ -31,17 +31,12 @@ from .methods import PROMPT_METHODS, create_prompt_method, preflight_prompt_meth
 from .styles import PACKAGE_DICTIONARY, load_style_dictionary
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def load_prompt_encoder(cfg: PromptsExperiment) -> StyleTextEncoder:
-    """The text encoder style vectors live in (``cfg.prompt_encoder()``), fp32, on the synth device."""
+    """The text encoder style vectors live in (``cfg.prompt_encoder()``), fp32, on the synth device (``auto``:
+    ``cuda`` when available, else ``cpu``)."""
     model_id, kind = cfg.prompt_encoder()
-    return StyleTextEncoder.load(model_id, kind=kind, device=resolve_device(cfg.synth.device),
+    device = cfg.synth.device if cfg.synth.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    return StyleTextEncoder.load(model_id, kind=kind, device=device,
                                  trust_remote_code=cfg.teacher.trust_remote_code)
 
 

@@ -141,8 +141,7 @@ class ContrastiveLearner:
     def rounds(self) -> list[tuple[int, int]]:
         """``[start, end)`` style ranges learned in each round (as even as possible)."""
         k, r = self.c.num_styles, min(self.c.rounds, self.c.num_styles)
-        bounds = [round(i * k / r) for i in range(r + 1)]
-        return list(itertools.pairwise(bounds))
+        return list(itertools.pairwise(round(i * k / r) for i in range(r + 1)))
 
     def style_only(self, styles: torch.Tensor, template: str | None = None) -> torch.Tensor:
         """``(B, D)`` features of ``styles`` ``(B, n, d)`` in the style-only template."""

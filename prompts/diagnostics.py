@@ -15,7 +15,7 @@ import torch
 
 from .encoder import STYLE_SLOT
 from .methods import PromptMethod, PromptRecord
-from .styles import mean_pairwise_cosine_distance, style_features, text_features
+from .styles import load_style_dictionary, mean_pairwise_cosine_distance, style_features, text_features
 
 #: the implicit style of a prompt without any (``plain``: "a photo of a dog")
 IMPLICIT_STYLE = "photo"
@@ -53,11 +53,6 @@ def style_only_features(method: PromptMethod, records: Sequence[PromptRecord]) -
     return _features(method, records, spec)
 
 
-def prompt_features(method: PromptMethod, records: Sequence[PromptRecord]) -> torch.Tensor:
-    """``(B, D)``: features of the records' full prompts (what conditions the generator)."""
-    return _features(method, records, lambda r: (r.template, r.class_name, r.text))
-
-
 def diversity(method: PromptMethod, num_styles: int, label: int = 0) -> float:
     """Mean pairwise cosine distance of the style-only features of ``num_styles`` records of ``label``."""
     records = [method.record(label, i) for i in range(num_styles)]
@@ -69,15 +64,14 @@ def class_consistency(method: PromptMethod, per_class: int) -> float:
     records = [method.record(c, i) for c in range(len(method.classes)) for i in range(per_class)]
     plain = text_features(method.encoder, [method.cfg.plain_template.replace("{class_name}", c)
                                            for c in method.classes]).cpu()
-    pred = (prompt_features(method, records) @ plain.t()).argmax(-1)
+    # features of the full prompts (what conditions the generator)
+    pred = (_features(method, records, lambda r: (r.template, r.class_name, r.text)) @ plain.t()).argmax(-1)
     return float((pred == torch.tensor([r.label for r in records])).float().mean())
 
 
 def nearest_words(method: PromptMethod, records: Sequence[PromptRecord], top: int = 3) -> list[list[str]]:
     """For each record, the ``top`` style-dictionary words whose style-only features are closest
     (cosine) to the record's: a reading aid for vector styles."""
-    from .styles import load_style_dictionary
-
     words = load_style_dictionary(method.cfg.style_dictionary)
     t = method.cfg.contrastive.style_template
     vocab = text_features(method.encoder, [t.replace(STYLE_SLOT, w) for w in words]).cpu()

@@ -29,6 +29,7 @@ from dfkd.registry import Registry
 from dfkd.runtime import derive_seed
 
 from .config import PromptsConfig
+from .contrastive import load_style_bank
 from .encoder import STYLE_SLOT, StyleTextEncoder, StyleVectors, TextEncoding
 from .styles import (
     EmbeddingStats,
@@ -107,8 +108,8 @@ class PromptMethod:
         """The style draw's own stream (independent of the image seed)."""
         return np.random.default_rng(derive_seed("style", self.name, self.seed, label, index))
 
-    def _marker_text(self, label: int, marker: str) -> str:
-        return self.cfg.template.replace(STYLE_SLOT, f"<style:{marker}>").replace("{class_name}", self.classes[label])
+    def _text(self, label: int, style: str) -> str:
+        return self.cfg.template.replace(STYLE_SLOT, style).replace("{class_name}", self.classes[label])
 
     @torch.no_grad()
     def encode(self, records: Sequence[PromptRecord]) -> TextEncoding:
@@ -201,9 +202,8 @@ class HandcraftedPrompt(PromptMethod):
     def record(self, label: int, index: int) -> PromptRecord:
         perm = _permutation(len(self.words), self.name, self.seed, label, index // len(self.words))
         word = self.words[perm[index % len(self.words)]]
-        text = self.cfg.template.replace(STYLE_SLOT, word).replace("{class_name}", self.classes[label])
-        return self._base(label, index, self.cfg.template, text, style_words=[word], style_weights=[1.0],
-                          style_text=word)
+        return self._base(label, index, self.cfg.template, self._text(label, word), style_words=[word],
+                          style_weights=[1.0], style_text=word)
 
 
 @register_prompt_method("mix")
@@ -211,9 +211,7 @@ class MixPrompt(PromptMethod):
     """Mix-Prompt: a Dirichlet-weighted convex combination of ``m`` dictionary word embeddings
     (the same mixture fills each of the ``n`` style tokens)."""
 
-    @classmethod
-    def preflight(cls, cfg: PromptsConfig, run_dir: Path) -> None:
-        load_style_dictionary(cfg.style_dictionary)
+    preflight = HandcraftedPrompt.preflight  # the same check: the style dictionary loads
 
     def __init__(self, cfg: PromptsConfig, **kwargs):
         super().__init__(cfg, **kwargs)
@@ -222,7 +220,7 @@ class MixPrompt(PromptMethod):
     def record(self, label: int, index: int) -> PromptRecord:
         idx, lam = mix_weights(len(self.embeddings.words), self.cfg.mix_words, self.cfg.mix_alpha, self._rng(label, index))
         vector = self.embeddings.mix(idx, lam).expand(self.cfg.num_style_tokens, -1).clone()
-        return self._base(label, index, self.cfg.template, self._marker_text(label, "mix"), style_vector=vector,
+        return self._base(label, index, self.cfg.template, self._text(label, "<style:mix>"), style_vector=vector,
                           style_words=[self.embeddings.words[i] for i in idx], style_weights=lam)
 
 
@@ -238,7 +236,7 @@ class RandomPrompt(PromptMethod):
     def record(self, label: int, index: int) -> PromptRecord:
         vseed = derive_seed("style", self.name, self.seed, label, index)
         vector = random_styles(self.stats, 1, self.cfg.num_style_tokens, vseed, self.cfg.random_rescale)[0]
-        return self._base(label, index, self.cfg.template, self._marker_text(label, "random"), style_vector=vector,
+        return self._base(label, index, self.cfg.template, self._text(label, "<style:random>"), style_vector=vector,
                           vector_seed=vseed)
 
 
@@ -251,14 +249,10 @@ class ContrastivePrompt(PromptMethod):
 
     @classmethod
     def preflight(cls, cfg: PromptsConfig, run_dir: Path) -> None:
-        from .contrastive import load_style_bank
-
         load_style_bank(run_dir)
 
     def __init__(self, cfg: PromptsConfig, **kwargs):
         super().__init__(cfg, **kwargs)
-        from .contrastive import load_style_bank
-
         self.bank = load_style_bank(self.run_dir, self.encoder)
         if self.bank.vectors.shape[1] != cfg.num_style_tokens:
             raise UserError(f"the learned styles in {self.bank.path} have {self.bank.vectors.shape[1]} tokens but "
@@ -267,5 +261,5 @@ class ContrastivePrompt(PromptMethod):
     def record(self, label: int, index: int) -> PromptRecord:
         k = len(self.bank.vectors)
         style_id = _permutation(k, self.name, self.seed, label, index // k)[index % k]
-        return self._base(label, index, self.cfg.template, self._marker_text(label, f"contrastive-{style_id}"),
+        return self._base(label, index, self.cfg.template, self._text(label, f"<style:contrastive-{style_id}>"),
                           style_vector=self.bank.vectors[style_id].clone(), style_id=style_id)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,13 +25,8 @@ PACKAGE_DICTIONARY = "package:prompts/data/styles.txt"
 
 def load_style_dictionary(path: str | None = None) -> list[str]:
     """The style words: package data by default, else ``path`` (one word or phrase per line, ``#`` comments)."""
-    if path is None:
-        words = read_lines(resources.files("prompts").joinpath("data/styles.txt").read_text("utf-8"))
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise UserError(f"style dictionary '{path}' does not exist; fix prompts.style_dictionary or remove it")
-        words = read_lines(file.read_text("utf-8"))
+    words = read_lines("styles" if path is None else None, path,
+                       f"style dictionary '{path}' does not exist; fix prompts.style_dictionary or remove it")
     dupes = sorted({w for w in words if words.count(w) > 1})
     if len(words) < 2 or dupes:
         where = path or PACKAGE_DICTIONARY

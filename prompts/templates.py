@@ -10,21 +10,22 @@ from dfkd.errors import UserError
 TEMPLATE_SETS = ("openai_80", "short_7")
 
 
-def read_lines(text: str) -> list[str]:
-    """The non-blank lines of ``text``, stripped, without ``#`` comment lines (template and style-word files)."""
+def read_lines(packaged: str | None, path: str | None, missing: str) -> list[str]:
+    """The non-blank lines, stripped, without ``#`` comment lines, of package data ``data/<packaged>.txt`` or
+    else of the user's file ``path`` (template and style-word files); UserError ``missing`` if it is absent."""
+    file = resources.files("prompts").joinpath(f"data/{packaged}.txt") if packaged is not None else Path(path)
+    if not file.is_file():
+        raise UserError(missing)
+    text = file.read_text("utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def load_templates(name_or_path: str) -> list[str]:
     """``openai_80`` (the 80 OpenAI ImageNet templates), ``short_7`` (their 7-template subset), or a
     text file with one template per line; each template has one ``{}`` for the class name."""
-    if name_or_path in TEMPLATE_SETS:
-        templates = read_lines(resources.files("prompts").joinpath(f"data/{name_or_path}.txt").read_text("utf-8"))
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise UserError(f"template set '{name_or_path}' is neither {' nor '.join(TEMPLATE_SETS)} nor an existing file")
-        templates = read_lines(path.read_text("utf-8"))
+    templates = read_lines(name_or_path if name_or_path in TEMPLATE_SETS else None, name_or_path,
+                           f"template set '{name_or_path}' is neither {' nor '.join(TEMPLATE_SETS)} nor an "
+                           "existing file")
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
         raise UserError(f"template set '{name_or_path}' needs templates with exactly one {{}} each (bad: {bad[:1]})")

@@ -29,16 +29,15 @@ def front_matter(cfg, config_name: str = "default", rows: int = 0) -> dict:
     files, so two dataset folders both named ``dataset`` with a config called ``default`` (or one
     folder grown by a resumed run) would silently load each other's stale cache.
     """
-    meta = {
+    return {
         "pretty_name": f"dfkd synthetic images: {cfg.name or 'experiment'}",
         "task_categories": ["image-classification"],
         "tags": ["synthetic", "data-free-knowledge-distillation", "dfkd", cfg.synth.backend, cfg.prompts.method],
         "size_categories": [_size_category(rows or len(cfg.classes) * cfg.synth.images_per_class)],
         "configs": [{"config_name": config_name,
                      "data_files": [{"split": "train", "path": f"{schema.DATA_DIR}/*.parquet"}]}],
+        "dataset_info": {"config_name": config_name, "features": schema.features(cfg.classes)._to_yaml_list()},
     }
-    meta["dataset_info"] = {"config_name": config_name, "features": schema.features(cfg.classes)._to_yaml_list()}
-    return meta
 
 
 def _size_category(n: int) -> str:
@@ -111,7 +110,6 @@ def write_card(dataset_dir: Path, cfg, generator_id: str, diagnostics: dict) -> 
     """Write ``README.md`` and ``diagnostics.json`` atomically."""
     dataset_dir = Path(dataset_dir)
     card = render_card(cfg, generator_id, diagnostics, f"dfkd-{content_id(dataset_dir, cfg)}", dataset_dir)
-    for name, text in ((schema.CARD_NAME, card),
-                       ("diagnostics.json", json.dumps(diagnostics, indent=1))):
-        atomic_write(dataset_dir / name, text)
+    atomic_write(dataset_dir / schema.CARD_NAME, card)
+    atomic_write(dataset_dir / "diagnostics.json", json.dumps(diagnostics, indent=1))
     return dataset_dir / schema.CARD_NAME

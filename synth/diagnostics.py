@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dfkd import schema
 from prompts.styles import mean_pairwise_cosine_distance
+
+from .writer import shard_info
 
 PREVIEW_NAME = "preview.png"
 
@@ -32,28 +35,14 @@ def vendi_score(features: torch.Tensor) -> float:
     return float(torch.exp(-(eig * eig.log()).sum()))
 
 
-def iter_shards(dataset_dir: Path, columns: Sequence[str]):
-    """Yield pyarrow tables of ``columns``, one committed shard at a time (never the whole set in memory)."""
-    import pyarrow.parquet as pq
-
-    for path in sorted((dataset_dir / schema.DATA_DIR).glob("*.parquet")):
-        yield pq.read_table(path, columns=list(columns))
-
-
-def decode(image_bytes: bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> ``(H, W, 3)`` uint8."""
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
-
-
 class _Accumulator:
-    """Per-class counts, agreement, confidence, teacher features (capped) and preview images."""
+    """Per-class counts, agreement, confidence, teacher features (capped), preview images; filter counts."""
 
     def __init__(self, num_classes: int, max_features: int, preview: int):
         self.counts, self.correct, self.conf = [0] * num_classes, [0] * num_classes, [0.0] * num_classes
         self.feats: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
         self.preview: dict[tuple[int, int], np.ndarray] = {}
+        self.filter: dict[str, int] = {}  #: the shards' filter counts, summed
         self.max_features, self.preview_per_class = max_features, preview
 
     def add(self, image: np.ndarray, label: int, index: int, pred: int, feature: torch.Tensor, conf: float) -> None:
@@ -81,12 +70,17 @@ class _Accumulator:
 
 @torch.no_grad()
 def _score_shards(dataset_dir: Path, teacher, acc: _Accumulator, batch_size: int) -> None:
-    """Decode every stored image once, shard by shard, and feed the teacher's view of it to ``acc``."""
-    for table in iter_shards(dataset_dir, ["image", "label", "index", "teacher_confidence"]):
-        d = table.to_pydict()
+    """Decode every stored image once, one committed shard at a time (never the whole set in memory), and feed
+    the teacher's view of it, and the shard's filter counts, to ``acc``."""
+    import pyarrow.parquet as pq
+
+    for path in sorted((dataset_dir / schema.DATA_DIR).glob("*.parquet")):
+        for k, v in shard_info(path).items():
+            acc.filter[k] = acc.filter.get(k, 0) + int(v)
+        d = pq.read_table(path, columns=["image", "label", "index", "teacher_confidence"]).to_pydict()
         for start in range(0, len(d["label"]), batch_size):
             sl = slice(start, start + batch_size)
-            arrays = [decode(im["bytes"]) for im in d["image"][sl]]
+            arrays = [np.asarray(Image.open(io.BytesIO(im["bytes"])).convert("RGB")) for im in d["image"][sl]]
             x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255).to(teacher.device)
             feats = teacher.image_features(x)
             preds = teacher.logits_from_features(feats).argmax(-1).cpu().tolist()
@@ -103,8 +97,6 @@ def compute_diagnostics(dataset_dir: Path, cfg, teacher, batch_size: int = 64) -
     total = sum(acc.counts)
     grid = preview_grid(acc.preview, len(cfg.classes), s.preview_per_class, s.store_resolution)
     if grid is not None:
-        from PIL import Image
-
         Image.fromarray(grid).save(dataset_dir / PREVIEW_NAME)
     return {
         "rows": total,
@@ -112,7 +104,7 @@ def compute_diagnostics(dataset_dir: Path, cfg, teacher, batch_size: int = 64) -
         "mean_confidence": sum(acc.conf) / total if total else 0.0,
         "mean_pairwise_cosine_distance": _mean(v["mean_pairwise_cosine_distance"] for v in per_class.values()),
         "vendi_score": _mean(v["vendi_score"] for v in per_class.values()),
-        "filter": _filter_counts(dataset_dir),
+        "filter": acc.filter,
         "per_class": per_class,
         "preview": PREVIEW_NAME if grid is not None else None,
     }
@@ -123,23 +115,11 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _filter_counts(dataset_dir: Path) -> dict:
-    from .writer import shard_info
-
-    total: dict[str, int] = {}
-    for path in sorted((dataset_dir / schema.DATA_DIR).glob("*.parquet")):
-        for k, v in shard_info(path).items():
-            total[k] = total.get(k, 0) + int(v)
-    return total
-
-
 def preview_grid(images: dict[tuple[int, int], np.ndarray], rows: int, cols: int, size: int,
                  cell: int = 64) -> np.ndarray | None:
     """``(rows * c, cols * c, 3)`` uint8: row = class, column = index (blank where missing)."""
     if not images:
         return None
-    from PIL import Image
-
     c = min(cell, size) if size >= 16 else size
     grid = np.full((rows * c, cols * c, 3), 255, dtype=np.uint8)
     for (r, k), a in images.items():

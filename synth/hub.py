@@ -27,12 +27,6 @@ def upload_plan(folder: Path) -> list[str]:
     return data + rest + ([schema.CARD_NAME] if schema.CARD_NAME in files else [])
 
 
-def check_folder(folder: Path) -> None:
-    if not (folder / schema.CARD_NAME).is_file() or not any((folder / schema.DATA_DIR).glob("*.parquet")):
-        raise UserError(f"'{folder}' is not a finished dataset folder (no {schema.CARD_NAME} or no "
-                        f"{schema.DATA_DIR}/*.parquet); run `dfkd synth` to completion first")
-
-
 def _call(what: str, fn, *args, **kwargs):
     """Run a Hub call; a failure (offline, no login, no rights) becomes one line that never shows the token."""
     try:
@@ -48,7 +42,9 @@ def push_dataset_folder(folder: str | Path, repo_id: str, *, private: bool = Fal
     from huggingface_hub import CommitOperationAdd, HfApi
 
     folder = Path(folder)
-    check_folder(folder)
+    if not (folder / schema.CARD_NAME).is_file() or not any((folder / schema.DATA_DIR).glob("*.parquet")):
+        raise UserError(f"'{folder}' is not a finished dataset folder (no {schema.CARD_NAME} or no "
+                        f"{schema.DATA_DIR}/*.parquet); run `dfkd synth` to completion first")
     if repo_id.count("/") != 1:
         raise UserError(f"hub repo '{repo_id}' must be of the form user/name")
     api = HfApi()  # the token: HF_TOKEN or the `hf auth login` cache, read by huggingface_hub itself

@@ -86,23 +86,19 @@ def check_or_write_state(dataset_dir: Path, cfg, overwrite: bool, *, write: bool
     Otherwise writes the state file for this config (when ``write``: the main process).
     """
     path = dataset_dir / STATE_NAME
-    fields = fingerprint_fields(cfg)
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        has_shards = any((dataset_dir / "data").glob("*.parquet"))  # a run that failed before any image: no conflict
-        if old.get("fingerprint") != fingerprint(cfg) and has_shards:
-            if overwrite:
-                return True
-            changed = ", ".join(_diff(old.get("fields", {}), fields)[:4]) or "unknown fields"
-            raise UserError(
-                f"'{dataset_dir}' holds a dataset made with a different config (changed: {changed}); "
-                "use another output_dir, restore those values, or pass synth.overwrite=true to start over"
-            )
-    elif any((dataset_dir / "data").glob("*.parquet")):
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    has_shards = any((dataset_dir / "data").glob("*.parquet"))  # a run that failed before any image: no conflict
+    if has_shards and (old is None or old.get("fingerprint") != fingerprint(cfg)):
         if overwrite:
             return True
-        raise UserError(f"'{dataset_dir}' holds parquet shards not written by this tool; "
-                        "use another output_dir or pass synth.overwrite=true to start over")
+        if old is None:
+            raise UserError(f"'{dataset_dir}' holds parquet shards not written by this tool; "
+                            "use another output_dir or pass synth.overwrite=true to start over")
+        changed = ", ".join(_diff(old.get("fields", {}), fingerprint_fields(cfg))[:4]) or "unknown fields"
+        raise UserError(
+            f"'{dataset_dir}' holds a dataset made with a different config (changed: {changed}); "
+            "use another output_dir, restore those values, or pass synth.overwrite=true to start over"
+        )
     if write:
         write_state(dataset_dir, cfg)
     return False

@@ -6,6 +6,7 @@ split between processes, each process writes its own shards, the main process wr
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dfkd import schema
-from dfkd.runtime import derive_seed
+from dfkd.runtime import derive_seed, multi_process_cpu
 from prompts.methods import create_prompt_method, preflight_prompt_method
 from prompts.teacher import load_teacher
 
@@ -109,8 +110,6 @@ def prepare_output(dataset_dir: Path, cfg, specs: Sequence[ShardSpec], *, main: 
 def finish_dataset(dataset_dir: Path, cfg, teacher, generator_id: str) -> dict:
     """Diagnostics + card; skipped (the stored diagnostics returned) when the card already describes
     exactly these shards, so re-running a finished command costs no pass over the images."""
-    import json
-
     from .card import card_is_current, write_card
     from .diagnostics import compute_diagnostics
 
@@ -126,8 +125,6 @@ def process_state(device: str):
     """Accelerate's ``PartialState`` (one process when not launched). Without CUDA, a multi-process
     launch must ask for CPU explicitly, or every process would believe it is alone (and do all the work)."""
     from accelerate import PartialState
-
-    from dfkd.runtime import multi_process_cpu
 
     return PartialState(cpu=device == "cpu" or multi_process_cpu())
 

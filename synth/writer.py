@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dfkd import schema
 
@@ -39,14 +40,9 @@ def to_uint8(images: torch.Tensor, size: int) -> np.ndarray:
 
 
 def encode_image(array: np.ndarray, image_format: str, quality: int) -> bytes:
-    """``(H, W, 3)`` uint8 -> JPEG or PNG bytes (deterministic for the same array)."""
-    from PIL import Image
-
+    """``(H, W, 3)`` uint8 -> JPEG or PNG bytes (deterministic for the same array); PNG ignores ``quality``."""
     buf = io.BytesIO()
-    if image_format == "jpeg":
-        Image.fromarray(array).save(buf, format="JPEG", quality=quality)
-    else:
-        Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="JPEG" if image_format == "jpeg" else "PNG", quality=quality)
     return buf.getvalue()
 
 
@@ -87,14 +83,8 @@ def remove_stale(data_dir: Path, specs: Sequence[ShardSpec]) -> list[str]:
 
 
 class DatasetWriter:
-    """Encode images in a thread pool and commit shards atomically from one I/O thread.
-
-    Args:
-        dataset_dir: ``OUT/dataset``; shards go to ``dataset_dir/data``.
-        classes: class names (the ``label`` ClassLabel).
-        image_format / jpeg_quality / store_resolution: how images are stored.
-        threads: encoding threads.
-    """
+    """Encode images in ``threads`` threads and commit shards atomically from one I/O thread, into
+    ``dataset_dir/data``; ``classes`` are the names of the ``label`` ClassLabel."""
 
     def __init__(self, dataset_dir: Path, classes: Sequence[str], *, image_format: str = "jpeg",
                  jpeg_quality: int = 95, store_resolution: int = 256, threads: int = 2):

@@ -24,7 +24,7 @@ from torch import nn
 from dfkd.errors import UserError
 from dfkd.registry import Registry
 
-from . import Backend, image_generators, register_backend
+from . import DTYPES, Backend, image_generators, register_backend
 from .cutouts import make_cutouts
 
 
@@ -184,13 +184,8 @@ class DecoderLatent(Parameterization):
 # ---------------------------------------------------------------- the backend
 @register_backend("clip_guided")
 class ClipGuidedBackend(Backend):
-    """Optimise a batch of images towards their prompts' teacher text features.
-
-    Args:
-        teacher: the :class:`~prompts.teacher.ClipTeacher` (its text tower encodes the prompts).
-        parameterization: a :class:`Parameterization` on the teacher's device.
-        cfg: the ``synth.clip_guided`` section (iterations, lr, cutouts, cut_pow, augmentations).
-    """
+    """Optimise a batch of images (a :class:`Parameterization` on the teacher's device) towards their prompts'
+    text features from the :class:`~prompts.teacher.ClipTeacher`; ``cfg`` is the ``synth.clip_guided`` section."""
 
     def __init__(self, teacher, parameterization: Parameterization, cfg, *, resolution: int, generator_id: str):
         self.teacher, self.param, self.cfg = teacher, parameterization, cfg
@@ -198,16 +193,13 @@ class ClipGuidedBackend(Backend):
 
     @classmethod
     def load(cls, cfg, *, teacher, device: torch.device) -> ClipGuidedBackend:
-        from . import DTYPES
-
-        s = cfg.synth
-        name = s.clip_guided.parameterization
-        c = s.clip_guided
+        s, c = cfg.synth, cfg.synth.clip_guided
+        name = c.parameterization
         param = _PARAMETERIZATIONS.get(name)(resolution=s.resolution, model_id=s.model, dtype=DTYPES[s.dtype],
                                              decay=c.decay, strokes=c.strokes, points=c.stroke_points,
                                              init_scale=c.init_scale)
         gen_id = f"clip_guided:{s.model}" if name == "decoder" else f"clip_guided:{name}"
-        return cls(teacher, param.to(device), s.clip_guided, resolution=s.resolution, generator_id=gen_id)
+        return cls(teacher, param.to(device), c, resolution=s.resolution, generator_id=gen_id)
 
     @classmethod
     def preflight(cls, cfg) -> None:

@@ -64,14 +64,8 @@ def check_pipeline(pipe, model_id: str, resolution: int) -> None:
 
 @register_backend("diffusion")
 class DiffusionBackend(Backend):
-    """Batched text-to-image generation with prompt embeddings and per-image generators.
-
-    Args:
-        pipe: a loaded diffusers pipeline (on ``device``).
-        model_id: the id the user gave, for ``generator_id``.
-        steps / guidance_scale / resolution: sampling settings.
-        negative_embeds: ``(1, 77, h)`` hidden states of the negative prompt (used when guidance > 1).
-    """
+    """Batched text-to-image generation with prompt embeddings and per-image generators, by a loaded diffusers
+    ``pipe``; ``model_id`` (the id the user gave) names it in ``generator_id``."""
 
     def __init__(self, pipe, model_id: str, *, steps: int, guidance_scale: float, resolution: int):
         from prompts.encoder import StyleTextEncoder
@@ -80,7 +74,7 @@ class DiffusionBackend(Backend):
         self.steps, self.guidance_scale, self.resolution = steps, guidance_scale, resolution
         self.generator_id = f"diffusion:{model_id}"
         self._encoder = StyleTextEncoder(pipe.text_encoder, pipe.tokenizer, model_id)
-        self.negative_embeds: torch.Tensor | None = None
+        self.negative_embeds: torch.Tensor | None = None  #: ``(1, 77, h)`` negative prompt (used when guidance > 1)
 
     @classmethod
     def load(cls, cfg, *, teacher, device: torch.device) -> DiffusionBackend:
