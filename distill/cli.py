@@ -9,7 +9,7 @@ from dfkd.errors import UserError
 from dfkd.runtime import is_main_process
 
 from .config import DistillExperiment
-from .stage import STUDENT_DIR
+from .export import STUDENT_DIR
 
 
 def main(cfg: DistillExperiment, args=None) -> int:

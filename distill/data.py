@@ -197,9 +197,7 @@ class TrainData:
         self.plan, self.device = plan, device
         self.resident = isinstance(data, Batch)
         if self.resident:
-            self.images = data.images.to(device)
-            self.labels = data.labels.to(device)
-            self.is_real = data.is_real.to(device)
+            self.images, self.labels, self.is_real = (t.to(device) for t in (data.images, data.labels, data.is_real))
         else:
             self.sampler = PlannedBatches(plan)
             self.loader = torch.utils.data.DataLoader(

@@ -24,6 +24,7 @@ from .augment import normalize, resize_center_crop
 from .config import DistillExperiment
 from .students import DistillStudent, Preprocessing, create_student
 
+STUDENT_DIR = "student"  #: the exported student's folder in OUTPUT_DIR
 WEIGHTS_NAME = "model.safetensors"
 HEAD_NAME = "emb_head.safetensors"
 

@@ -10,15 +10,16 @@ from pathlib import Path
 from dfkd.runtime import is_main_process
 from dfkd.stage import Stage
 
+from .cli import report_eval_files, run_evaluation, train_and_report
 from .config import DistillExperiment
-
-STUDENT_DIR = "student"
+from .export import STUDENT_DIR, WEIGHTS_NAME
+from .trainer import find_resume_dir, preflight
 
 
 def student_is_current(cfg: DistillExperiment) -> bool:
     """True when ``OUTPUT_DIR/student`` holds an exported student of this config's student and classes."""
     config = cfg.out / STUDENT_DIR / "config.json"
-    if not config.is_file() or not (config.parent / "model.safetensors").is_file():
+    if not config.is_file() or not (config.parent / WEIGHTS_NAME).is_file():
         return False
     meta = json.loads(config.read_text()).get("dfkd", {})
     return meta.get("classes") == list(cfg.classes) and meta.get("student") == cfg.distill.student
@@ -27,7 +28,7 @@ def student_is_current(cfg: DistillExperiment) -> bool:
 def eval_is_current(cfg: DistillExperiment) -> bool:
     """True when ``OUTPUT_DIR/eval.json`` scores ``eval.data`` and is not older than the student it scored."""
     path = cfg.out / "eval.json"
-    student = cfg.out / STUDENT_DIR / "model.safetensors"
+    student = cfg.out / STUDENT_DIR / WEIGHTS_NAME
     if not path.is_file() or not student.is_file() or path.stat().st_mtime < student.stat().st_mtime:
         return False
     return json.loads(path.read_text()).get("data") == cfg.eval.data
@@ -37,24 +38,18 @@ class DistillStage(Stage):
     name = "distill"
 
     def preflight(self, cfg: DistillExperiment) -> None:
-        from .trainer import preflight
-
         preflight(cfg)  # the student, the resume option, the few-shot and evaluation data
 
     def is_done(self, cfg: DistillExperiment) -> bool:
         return student_is_current(cfg)
 
     def run(self, cfg: DistillExperiment) -> None:
-        from .cli import train_and_report
-
         train_and_report(cfg, resume_latest=True)
 
     def done_note(self, cfg: DistillExperiment) -> str:
         return f"student {cfg.out / STUDENT_DIR} already trained; skipping"
 
     def run_note(self, cfg: DistillExperiment) -> str:
-        from .trainer import find_resume_dir
-
         resume = find_resume_dir(cfg, resume_latest=True)  # the checkpoint run() will resume, if any
         if resume is None:
             return "training the student"
@@ -74,8 +69,6 @@ class EvalStage(Stage):
         return not cfg.eval.data or eval_is_current(cfg)
 
     def run(self, cfg: DistillExperiment) -> None:
-        from .cli import report_eval_files, run_evaluation
-
         run_evaluation(cfg)
         if is_main_process():
             report_eval_files(cfg)

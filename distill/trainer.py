@@ -45,8 +45,8 @@ from .data import (
     read_real,
     stored_size,
 )
+from .export import STUDENT_DIR
 from .losses import loss_weights
-from .stage import STUDENT_DIR
 from .step import StepModels, make_optimizer, make_scheduler, total_steps, train_step
 from .students import (
     DistillStudent,

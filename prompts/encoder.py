@@ -90,7 +90,6 @@ class StyleTextEncoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         # any ordinary token that is not a special one: its row is overwritten anyway
         self.placeholder_id = _ordinary_token_id(tokenizer, "*</w>")
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         for p in self.model.parameters():
             p.requires_grad_(False)
 

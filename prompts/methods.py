@@ -85,11 +85,8 @@ class PromptMethod:
 
     def __init__(self, cfg: PromptsConfig, *, classes: Sequence[str], encoder: StyleTextEncoder, seed: int,
                  run_dir: Path):
-        self.cfg = cfg
-        self.classes = list(classes)
-        self.encoder = encoder
-        self.seed = int(seed)
-        self.run_dir = Path(run_dir)
+        self.cfg, self.classes, self.encoder = cfg, list(classes), encoder
+        self.seed, self.run_dir = int(seed), Path(run_dir)
 
     @classmethod
     def preflight(cls, cfg: PromptsConfig, run_dir: Path) -> None:

@@ -8,15 +8,16 @@ from pathlib import Path
 from dfkd import schema
 from dfkd.stage import Stage
 
+from .backends import get_backend
+from .cli import main
 from .config import SynthExperiment
+from .plan import check_or_write_state, plan_shards
+from .writer import done_shards
 
 
 def dataset_is_complete(cfg: SynthExperiment) -> bool:
     """True when the dataset of this config is complete (every planned shard committed, card written); a
     dataset of another config is a UserError (unless ``synth.overwrite``). Reads, never writes."""
-    from .plan import check_or_write_state, plan_shards
-    from .writer import done_shards
-
     dataset_dir = cfg.out / schema.DATASET_DIR
     if not (dataset_dir / schema.CARD_NAME).is_file() or cfg.synth.overwrite:
         return False
@@ -29,9 +30,6 @@ class SynthStage(Stage):
     name = "synth"
 
     def preflight(self, cfg: SynthExperiment) -> None:
-        from .backends import get_backend
-        from .plan import check_or_write_state
-
         get_backend(cfg.synth.backend).preflight(cfg)
         check_or_write_state(cfg.out / schema.DATASET_DIR, cfg, cfg.synth.overwrite, write=False)
 
@@ -39,8 +37,6 @@ class SynthStage(Stage):
         return dataset_is_complete(cfg)
 
     def run(self, cfg: SynthExperiment) -> None:
-        from .cli import main
-
         main(cfg)
 
     def done_note(self, cfg: SynthExperiment) -> str:

@@ -160,12 +160,8 @@ def _colorize(g: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> torch.Tens
 
 def _color_pairs(n: int, gen: torch.Generator) -> tuple[list[str], list[str]]:
     names = list(COLORS)
-    fg, bg = [], []
-    for _ in range(n):
-        i, j = torch.randperm(len(names), generator=gen)[:2].tolist()
-        fg.append(names[i])
-        bg.append(names[j])
-    return fg, bg
+    pairs = [torch.randperm(len(names), generator=gen)[:2].tolist() for _ in range(n)]
+    return [names[i] for i, _ in pairs], [names[j] for _, j in pairs]
 
 
 def _rgb(names: list[str]) -> torch.Tensor:
