@@ -109,16 +109,17 @@ class ArrowImages(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
-        row = self.ds[int(i)]["image"]
-        data = row["bytes"] if row.get("bytes") is not None else Path(row["path"]).read_bytes()
-        return decode_image(data, self.size), self.labels[i], False
+        return decode_image(_stored_bytes(self.ds[int(i)]["image"]), self.size), self.labels[i], False
+
+
+def _stored_bytes(image: dict) -> bytes:
+    """The encoded bytes of an undecoded ``datasets.Image`` value (inline, or in the file it points to)."""
+    return image["bytes"] if image.get("bytes") is not None else Path(image["path"]).read_bytes()
 
 
 def stored_size(ds) -> tuple[int, int]:
     """(H, W) of the first image: every image is decoded at this size."""
-    row = ds[0]["image"]
-    data = row["bytes"] if row.get("bytes") is not None else Path(row["path"]).read_bytes()
-    return tuple(decode_image(data).shape[-2:])
+    return tuple(decode_image(_stored_bytes(ds[0]["image"])).shape[-2:])
 
 
 def decode_all(dataset: torch.utils.data.Dataset, num_workers: int = 0, batch_size: int = 256,

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import CLIP_MEAN, CLIP_STD
+from ..tiny import make_clip_tokenizer
 from . import data
 from .training import optimizer_step, warmup_cosine
 
@@ -56,19 +57,13 @@ def build_model(r: TeacherRecipe):
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=r.projection))
 
 
-def make_tokenizer():
-    from dfkd.tiny import make_clip_tokenizer
-
-    return make_clip_tokenizer(model_max_length=CONTEXT)
-
-
 def save_teacher(model, out: Path) -> None:
     from transformers import CLIPImageProcessor, CLIPProcessor
 
     model.save_pretrained(out)
     proc = CLIPImageProcessor(size={"shortest_edge": data.SIZE}, crop_size={"height": data.SIZE, "width": data.SIZE},
                               image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    CLIPProcessor(image_processor=proc, tokenizer=make_tokenizer()).save_pretrained(out)
+    CLIPProcessor(image_processor=proc, tokenizer=make_clip_tokenizer(model_max_length=CONTEXT)).save_pretrained(out)
 
 
 def positives(labels: torch.Tensor, rendered: data.Rendered, describes_look: list[bool]) -> torch.Tensor:
@@ -105,7 +100,7 @@ def train_teacher(r: TeacherRecipe, out: Path, progress: bool = True) -> dict:
     glyphs = data.glyphs_from_mnist(images)
     labels_t = torch.from_numpy(labels)
     photos = data.photo_bank(data.TRAIN_PHOTOS)
-    tok = make_tokenizer()
+    tok = make_clip_tokenizer(model_max_length=CONTEXT)
     model = build_model(r).train()
     with torch.no_grad():
         model.logit_scale.fill_(math.log(r.logit_scale_init))
