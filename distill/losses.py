@@ -26,9 +26,7 @@ LOSSES: Registry[Callable[[LossInputs, LossConfig], torch.Tensor]] = Registry("l
                                                                                "@register_loss")
 
 
-def register_loss(name: str) -> Callable:
-    """Decorator: register ``fn(batch: LossInputs, cfg: LossConfig) -> scalar`` as loss ``name``."""
-    return LOSSES.register(name)
+register_loss = LOSSES.register  #: ``@register_loss(name)`` on ``fn(batch: LossInputs, cfg: LossConfig) -> scalar``
 
 
 @dataclass

@@ -31,9 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student", "distill.student", "@register_student")
 
 
-def register_student(name: str) -> Callable:
-    """Decorator: register ``factory(num_classes, **kwargs) -> nn.Module`` under ``name``."""
-    return STUDENTS.register(name)
+register_student = STUDENTS.register  #: ``@register_student(name)`` on ``factory(num_classes, **kwargs) -> Module``
 
 
 @dataclass

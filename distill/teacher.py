@@ -30,9 +30,7 @@ class DistillTeacher(nn.Module):
         super().__init__()
         if clip.head is None:
             raise ValueError("call clip.set_classes(...) before wrapping it")
-        self.clip = clip.eval()
-        for p in self.clip.parameters():
-            p.requires_grad_(False)
+        self.clip = clip.eval()  # frozen by its text encoder (StyleTextEncoder freezes the whole CLIP model)
         stats = {"dtype": torch.float32, "device": clip.device}
         self.register_buffer("mean", torch.tensor(mean, **stats).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, **stats).view(1, 3, 1, 1), persistent=False)

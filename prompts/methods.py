@@ -16,7 +16,7 @@ missing items. A user adds a method with ``@register_prompt_method("name")`` on 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -145,9 +145,7 @@ def _scatter(parts: list[tuple[list[int], TextEncoding]], total: int) -> TextEnc
 PROMPT_METHODS: Registry[type[PromptMethod]] = Registry("prompt method", "prompts.method", "@register_prompt_method")
 
 
-def register_prompt_method(name: str) -> Callable[[type[PromptMethod]], type[PromptMethod]]:
-    """Class decorator: make a :class:`PromptMethod` subclass available as ``prompts.method=name``."""
-    return PROMPT_METHODS.register(name)
+register_prompt_method = PROMPT_METHODS.register  #: ``@register_prompt_method(name)``: ``prompts.method=name``
 
 
 def method_needs_learning(name: str) -> bool:

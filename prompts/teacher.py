@@ -29,10 +29,8 @@ class ClipTeacher(nn.Module):
                  image_std: Sequence[float] = CLIP_STD):
         super().__init__()
         self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
         self.model_id = model_id
-        self.text = StyleTextEncoder(model, tokenizer, model_id)
+        self.text = StyleTextEncoder(model, tokenizer, model_id)  # which freezes every parameter of the model
         self.image_size = int(model.config.vision_config.image_size)
         self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1))

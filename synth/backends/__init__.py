@@ -12,7 +12,7 @@ and users may register their own from a module listed in the config's ``imports`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -60,9 +60,7 @@ class Backend:
         raise NotImplementedError
 
 
-def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
-    """Class decorator: make a :class:`Backend` subclass available as ``synth.backend=name``."""
-    return _BACKENDS.register(name)
+register_backend = _BACKENDS.register  #: class decorator ``@register_backend(name)``: ``synth.backend=name``
 
 
 def get_backend(name: str) -> type[Backend]:

@@ -53,9 +53,7 @@ _PARAMETERIZATIONS: Registry[Callable[..., Parameterization]] = Registry(
     "parameterization", "synth.clip_guided.parameterization", "@register_parameterization")
 
 
-def register_parameterization(name: str):
-    """Decorator: make a :class:`Parameterization` factory available as ``synth.clip_guided.parameterization=name``."""
-    return _PARAMETERIZATIONS.register(name)
+register_parameterization = _PARAMETERIZATIONS.register  #: ``synth.clip_guided.parameterization=name``
 
 
 def _randn(generators: Sequence[torch.Generator], shape: tuple[int, ...], scale: float = 1.0) -> torch.Tensor:
