@@ -208,9 +208,15 @@ def _save_checkpoint(path: Path, state: LearnState, fingerprint: dict) -> None:
 
 
 def _load_checkpoint(path: Path, fingerprint: dict) -> LearnState | None:
+    """The state in ``path``, read without unpickling code (tensors, numbers, strings, dicts and lists only); None
+    when there is none, or when it is damaged (said, and learning starts over: the steps are deterministic)."""
     if not path.is_file():
         return None
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or holding more than plain data: never trusted
+        print(f"dfkd: ignoring the damaged checkpoint {path} ({type(exc).__name__}); learning starts over")
+        return None
     if data.pop("fingerprint") != fingerprint:
         raise UserError(f"the checkpoint {path} was written with other settings (classes, encoder, seed or "
                         "prompts.contrastive); delete it to start over, or restore those settings to resume")

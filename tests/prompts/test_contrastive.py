@@ -147,11 +147,41 @@ def test_resume_from_checkpoint_ends_where_an_uninterrupted_run_does(encoders, t
     with pytest.raises(Interrupt):
         _learn(enc, cfg, checkpoint=checkpoint, on_step=stop)
     assert checkpoint.is_file()
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = torch.load(checkpoint, weights_only=True)  # plain data: no code is unpickled to resume
     assert (saved["round"], saved["step"]) == (1, 2)
     _, resumed = _learn(enc, cfg, checkpoint=checkpoint)
     assert torch.equal(resumed.styles, full.styles)
     assert resumed.losses == full.losses
+
+
+class _Payload:
+    """Pickles as a call to ``Path.touch(marker)``: if a loader ever runs it, ``marker`` appears."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+@pytest.mark.parametrize("damage", ["planted code", "truncated", "empty"])
+def test_a_damaged_or_planted_checkpoint_is_never_trusted_and_learning_starts_over(encoders, tmp_path, capsys, damage):
+    """Resuming never unpickles code (a planted ``checkpoint.pt`` does not run), and a checkpoint that does not
+    load is reported and ignored: the styles are those of a run from scratch."""
+    enc, cfg = encoders["clip"], small_contrastive(checkpoint_every=1)
+    _, full = _learn(enc, cfg)
+    checkpoint, marker = tmp_path / CHECKPOINT_FILE, tmp_path / "payload-ran"
+    if damage == "planted code":
+        torch.save({"fingerprint": _Payload(marker), "round": 0}, checkpoint)
+    else:
+        _learn(enc, cfg, checkpoint=checkpoint)
+        data = checkpoint.read_bytes()
+        checkpoint.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    capsys.readouterr()
+    _, again = _learn(enc, cfg, checkpoint=checkpoint)
+    assert not marker.exists()
+    assert "ignoring the damaged checkpoint" in capsys.readouterr().out
+    assert torch.equal(again.styles, full.styles) and again.losses == full.losses
 
 
 def test_checkpoint_of_other_settings_is_refused(encoders, tmp_path):
