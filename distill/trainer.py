@@ -90,12 +90,22 @@ def checkpoint_step(path: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
+def read_state(checkpoint: Path) -> dict | None:
+    """The trainer state of ``checkpoint`` (written last, so its presence marks a complete checkpoint), or None
+    when it is missing or damaged."""
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        return state if isinstance(state, dict) and isinstance(state.get("step"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
 def list_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints (those with a trainer state file) under ``OUT/checkpoints``, oldest first."""
+    """Complete checkpoints (with a readable trainer state) under ``OUT/checkpoints``, oldest first."""
     root = out / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if checkpoint_step(p) >= 0 and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if checkpoint_step(p) >= 0 and read_state(p) is not None]
     return sorted(found, key=checkpoint_step)
 
 
@@ -113,9 +123,9 @@ def find_resume_dir(cfg: DistillExperiment, resume_latest: bool = False) -> Path
                             f"'{cfg.out / CHECKPOINTS_DIR}'; drop the option to train from scratch")
         return ckpts[-1]
     path = Path(choice)
-    if not (path / STATE_FILE).is_file():
-        raise UserError(f"distill.resume_from_checkpoint='{choice}' is not a checkpoint folder (no {STATE_FILE}); "
-                        "use latest or an OUT/checkpoints/checkpoint-STEP folder")
+    if read_state(path) is None:
+        raise UserError(f"distill.resume_from_checkpoint='{choice}' is not a complete checkpoint folder (no readable "
+                        f"{STATE_FILE}); use latest or an OUT/checkpoints/checkpoint-STEP folder")
     return path
 
 
@@ -204,22 +214,30 @@ def build_train_data(cfg: DistillExperiment, inputs: Inputs, accelerator) -> Tra
     return TrainData(plan, accelerator.device, Batch(images, labels, is_real))
 
 
-def save_checkpoint(accelerator, cfg: DistillExperiment, step: int) -> Path:
-    """``save_state`` into ``OUT/checkpoints/checkpoint-STEP`` (all processes), then prune (main process)."""
+def save_checkpoint(accelerator, cfg: DistillExperiment, step: int, scheduler) -> Path:
+    """``save_state`` into ``OUT/checkpoints/checkpoint-STEP`` (all processes), then the trainer state (the step and
+    the LR schedule's state as JSON: nothing of ours is pickled), then prune (main process)."""
     path = cfg.out / CHECKPOINTS_DIR / f"checkpoint-{step}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        atomic_write(path / STATE_FILE, json.dumps({"step": step}))
+        atomic_write(path / STATE_FILE, json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
         for old in list_checkpoints(cfg.out)[:-cfg.distill.checkpoints_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
 
 
-def load_checkpoint(accelerator, path: Path) -> int:
-    """Restore model, optimiser, scheduler and RNG states; returns the optimiser step to continue from."""
+def load_checkpoint(accelerator, path: Path, scheduler) -> int:
+    """Restore model, optimiser, RNG (Accelerate reads them weights-only) and schedule states; returns the optimiser
+    step to continue from."""
     accelerator.load_state(str(path))
-    return int(json.loads((path / STATE_FILE).read_text())["step"])
+    state = read_state(path)
+    if "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+    else:  # an older checkpoint (its schedule pickled by Accelerate, never read now): the schedule follows the step
+        for _ in range(state["step"]):
+            scheduler.step()
+    return state["step"]
 
 
 @dataclass
@@ -256,8 +274,7 @@ def setup(cfg: DistillExperiment, resume_latest: bool = False) -> Run:
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimiser step
-    start = load_checkpoint(accelerator, inputs.resume_dir) if inputs.resume_dir else 0
+    start = load_checkpoint(accelerator, inputs.resume_dir, scheduler) if inputs.resume_dir else 0
     if accelerator.is_main_process:
         accelerator.init_trackers("dfkd-distill", config=_flat_config(cfg))
     stats = tuple(torch.tensor(v, device=accelerator.device).view(1, 3, 1, 1) for v in (inputs.pre.mean, inputs.pre.std))
@@ -324,7 +341,7 @@ def loop(run: Run, stop: int) -> tuple[int, Throughput, float, list[dict[str, fl
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
         bar.update(1)
         if step % d.checkpointing_steps == 0:
-            save_checkpoint(acc, cfg, step)
+            save_checkpoint(acc, cfg, step, run.scheduler)
         if d.eval_every and run.inputs.eval_domains and step % d.eval_every == 0 and step < run.total_steps:
             _log_eval(run, step, with_teacher=False)
     bar.close()
@@ -348,7 +365,7 @@ def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
 
     cfg, acc, d = run.cfg, run.accelerator, run.cfg.distill
     if step % d.checkpointing_steps != 0 and step > run.start_step:
-        save_checkpoint(acc, cfg, step)
+        save_checkpoint(acc, cfg, step, run.scheduler)
     result = _log_eval(run, step) if run.inputs.eval_domains else None
     if result is None:
         acc.print("dfkd distill: eval.data is not set, skipping evaluation on real data "

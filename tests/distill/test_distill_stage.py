@@ -12,7 +12,7 @@ from distill.trainer import CHECKPOINTS_DIR, STATE_FILE
 def _checkpoint(out, step):
     folder = out / CHECKPOINTS_DIR / f"checkpoint-{step}"
     folder.mkdir(parents=True)
-    (folder / STATE_FILE).write_text("{}")
+    (folder / STATE_FILE).write_text(f'{{"step": {step}}}')
     return folder
 
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from fixtures import TINY_CLASSES, TINY_TEACHER
+from fixtures import TINY_CLASSES, TINY_TEACHER, tiny_config
 from safetensors.torch import load_file
 
 from dfkd.cli import main as dfkd_main
+from dfkd.errors import UserError
 from distill.augment import step_generator
 from distill.data import decode_image, load_synthetic
 from distill.export import load_student
 from distill.step import StepModels, make_optimizer, train_step
 from distill.students import DistillStudent, create_student
 from distill.teacher import DistillTeacher
-from distill.trainer import list_checkpoints, make_accelerator, train
+from distill.trainer import STATE_FILE, list_checkpoints, make_accelerator, train
 from prompts.teacher import load_teacher
 
 
@@ -196,12 +199,33 @@ def _resume_matches(make_cfg, tmp_path, *extra):
     stopped = train(make_cfg(tmp_path / "resumed", *common), stop_after_step=3)
     assert stopped.steps == 3 and stopped.student_dir is None
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-3"]
+    checkpoint = list_checkpoints(tmp_path / "resumed")[0]
+    assert not list(checkpoint.glob("custom_checkpoint_*"))  # the LR schedule is JSON in the trainer state
+    assert json.loads((checkpoint / STATE_FILE).read_text())["scheduler"]["last_epoch"] == 3
     resumed = train(make_cfg(tmp_path / "resumed", *common, "distill.resume_from_checkpoint=latest"))
     assert straight.steps == resumed.steps == 6
     a, b = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-6"]  # total_limit=1 pruned
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"step": 6, "sched', b"[]", b'{"step": "6"}'])
+def test_a_checkpoint_whose_trainer_state_is_torn_or_damaged_is_not_resumed(tmp_path, damage):
+    """The trainer state is written last: a checkpoint whose state does not read back is not a checkpoint; the one
+    before it is resumed instead (and a named one is refused in one line)."""
+    from distill.trainer import find_resume_dir
+
+    for step in (3, 6):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"checkpoint-{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+    (tmp_path / "checkpoints" / "checkpoint-6" / STATE_FILE).write_bytes(damage)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3"]
+    cfg = tiny_config(tmp_path, "distill.resume_from_checkpoint=latest")
+    assert find_resume_dir(cfg).name == "checkpoint-3"
+    named = tiny_config(tmp_path, f"distill.resume_from_checkpoint={tmp_path / 'checkpoints' / 'checkpoint-6'}")
+    with pytest.raises(UserError, match="not a complete checkpoint folder"):
+        find_resume_dir(named)
 
 
 def test_resume_is_exact_device_resident(make_cfg, tmp_path):
