@@ -70,7 +70,7 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
     domains = read_real(e.data, cfg.classes, e, e.domains)
     student_dir = Path(e.student) if e.student else cfg.out / STUDENT_DIR
     accelerator = Accelerator(mixed_precision=cfg.distill.mixed_precision, cpu=multi_process_cpu())
-    student = load_student(student_dir, accelerator.device)
+    student = load_student(student_dir, accelerator.device, trust_code=cfg.distill.student)  # the code it names
     if student.classes != list(cfg.classes):
         raise UserError(f"the student at '{student_dir}' was trained on classes {student.classes[:4]}..., not the "
                         "config's; evaluate it with the config it was trained with")

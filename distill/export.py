@@ -169,9 +169,16 @@ def open_vocabulary_head(student: LoadedStudent, class_names: list[str], templat
     return load_teacher(section, class_names, student.mean.device).head
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu") -> LoadedStudent:
-    """Load a student exported by ``dfkd distill`` (folder with ``config.json`` and ``model.safetensors``)."""
+def load_student(path: str | Path, device: str | torch.device = "cpu", trust_code: bool | str = False) -> LoadedStudent:
+    """Load a student exported by ``dfkd distill`` (folder with ``config.json`` and ``model.safetensors``).
+
+    timm and registered students are built from the folder alone. A ``module:attr`` student is built by importing
+    and calling the code its ``config.json`` names, so that happens only when the caller trusts it:
+    ``trust_code=True``, or ``trust_code="module:attr"`` for exactly that factory.
+    """
     from safetensors.torch import load_file
+
+    from .students import STUDENTS
 
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / WEIGHTS_NAME).is_file():
@@ -180,7 +187,11 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     config = json.loads((path / "config.json").read_text())
     meta = config.get("dfkd", {})
     classes = list(config.get("label_names") or meta.get("classes"))
-    model, _ = create_student(meta.get("student", config["architecture"]), len(classes), meta.get("student_kwargs"))
+    name = meta.get("student", config["architecture"])
+    if ":" in name and name not in STUDENTS and trust_code not in (True, name):
+        raise UserError(f"the student at '{path}' is built by the code it names ('{name}'), which is imported only "
+                        "when you trust it: load_student(path, trust_code=True)")
+    model, _ = create_student(name, len(classes), meta.get("student_kwargs"))
     model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
     head = None
     if (path / HEAD_NAME).is_file():

@@ -154,9 +154,14 @@ def test_custom_module_attr_student_trains_and_exports(make_cfg, tmp_path):
     assert result.steps == 4 and result.student_dir is not None
     losses = [h["loss"] for h in result.history]
     assert all(torch.isfinite(torch.tensor(losses)))
-    student = load_student(result.student_dir)
+    with pytest.raises(UserError, match="trust_code=True"):  # a folder never imports code by itself
+        load_student(result.student_dir)
+    with pytest.raises(UserError, match="trust_code=True"):
+        load_student(result.student_dir, trust_code="user_nets:other_net")
+    student = load_student(result.student_dir, trust_code=True)
     assert student.classes == TINY_CLASSES
     assert student(torch.rand(3, 3, 40, 50)).shape == (3, 7)
+    assert load_student(result.student_dir, trust_code="user_nets:small_mlp").classes == TINY_CLASSES
     assert list_checkpoints(cfg.out)[-1].name == "checkpoint-4"  # final state saved for later resumes
 
 
