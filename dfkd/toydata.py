@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .errors import UserError
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
 DOMAINS = ("photo", "sketch", "painting", "cartoon")
 
@@ -96,6 +98,9 @@ def write_domainbed(root: str | Path, classes: Sequence[str], *, domains: Sequen
     """Write ``ROOT/<domain>/<class>/<i>.jpg`` (class folder = the class name with spaces as underscores)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
+    for domain, name in ((d, n) for d in domains for n in classes):  # "..", "a/b", "/x": a name, never a path
+        if (root / domain / name.replace(" ", "_")).resolve().parent.parent != root.resolve():
+            raise UserError(f"'{domain}/{name}' cannot be a folder name inside {root}; use plain names")
     for domain in domains:
         for label, name in enumerate(classes):
             folder = root / domain / name.replace(" ", "_")
@@ -148,8 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         classes = [c.strip() for c in args.classes.split(",")]
     else:
         p.error("give --config or --classes")
-    root = write_domainbed(args.root, classes, domains=args.domains.split(","), per_class=args.per_class,
-                           size=args.size)
+    try:
+        root = write_domainbed(args.root, classes, domains=args.domains.split(","), per_class=args.per_class,
+                               size=args.size)
+    except UserError as exc:
+        p.error(str(exc))
     print(f"toy DomainBed folder -> {root} ({args.domains}; {len(classes)} classes x {args.per_class} images)")
     return 0
 
