@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; re-run the same command to resume", file=sys.stderr)
+        how = " with distill.resume_from_checkpoint=latest" if args.command == "distill" else ""  # dfkd run: as is
+        print(f"\n{PROG}: interrupted; re-run the same command{how} to resume", file=sys.stderr)  # below any bar
         return 130
 
 

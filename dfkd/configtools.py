@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -23,13 +24,29 @@ from .errors import UserError
 _MISSING = dataclasses.MISSING
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (data only, never code) with YAML 1.2 booleans: only ``true``/``false`` are booleans, so
+    ``no``, ``off``, ``yes`` and ``on`` stay strings where a key expects one (``distill.mixed_precision=no``)."""
+
+
+_SafeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_SafeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader subclass: plain data only
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load`` (configs are data, never code)."""
+    """Read a YAML mapping with a ``yaml.SafeLoader`` (configs are data, never code)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file '{path}' does not exist; pass an existing YAML file with --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -53,7 +70,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"override '{text}' has an empty key; write it as key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dfkd.configtools import write_resolved_config
 from dfkd.errors import UserError
 from dfkd.runtime import is_main_process
 
@@ -27,7 +26,6 @@ def train_and_report(cfg: DistillExperiment, resume_latest: bool = False):
     one), with its one-line report."""
     from .trainer import train
 
-    write_resolved_config(cfg)
     result = train(cfg, resume_latest=resume_latest)
     if is_main_process():
         print(f"dfkd distill: {result.steps} steps, {result.images_per_second:.0f} images/s; student -> {result.student_dir}")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from dfkd.configtools import write_resolved_config
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_write, is_main_process, multi_process_cpu
 from dfkd.schema import DATASET_DIR
@@ -266,6 +267,7 @@ def setup(cfg: DistillExperiment, resume_latest: bool = False) -> Run:
     d = cfg.distill
     accelerator = make_accelerator(cfg)
     inputs = check_inputs(cfg, accelerator.main_process_first, resume_latest)
+    write_resolved_config(cfg)  # only once the inputs are accepted: a refused run leaves the folder as it was
     clip = load_teacher(cfg.teacher, cfg.classes, accelerator.device, accelerator.main_process_first)
     teacher = DistillTeacher(clip, inputs.pre.mean, inputs.pre.std)
     data = build_train_data(cfg, inputs, accelerator)

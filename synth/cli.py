@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dfkd.configtools import write_resolved_config
 from dfkd.runtime import is_main_process
 
 
 def main(cfg, args=None) -> int:
     from .run import synthesize
 
-    write_resolved_config(cfg)
     result = synthesize(cfg)
     if result.num_processes > 1:
         print(f"process {result.process_index}/{result.num_processes}: wrote {result.written_shards} of "

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dfkd import schema
+from dfkd.configtools import write_resolved_config
 from dfkd.runtime import derive_seed, multi_process_cpu
 from prompts.methods import create_prompt_method, preflight_prompt_method
 from prompts.teacher import load_teacher
@@ -55,6 +56,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     preflight_prompt_method(cfg.prompts, cfg.out)
     specs = plan_shards(len(cfg.classes), s.images_per_class, s.shard_size)
     prepare_output(dataset_dir, cfg, specs, main=state.is_main_process)
+    write_resolved_config(cfg)  # only once the inputs are accepted: a refused run leaves the folder as it was
     state.wait_for_everyone()
 
     # 2. load the teacher (confidence, diagnostics, CLIP guidance) and the generator

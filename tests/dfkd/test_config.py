@@ -29,6 +29,20 @@ def test_parse_override_values():
         parse_override("novalue")
 
 
+def test_yaml_1_1_words_stay_strings_and_only_true_false_are_booleans(tmp_path):
+    """``mixed_precision: no`` (the documented value) is the string 'no', on the command line and in a file; a bool
+    key takes only true/false, so ``yes`` is refused in one line rather than silently read."""
+    assert tiny_config(tmp_path, "distill.mixed_precision=no").distill.mixed_precision == "no"
+    assert [parse_override(f"a={w}")[1] for w in ("no", "off", "yes", "on", "true", "False")] == \
+        ["no", "off", "yes", "on", True, False]
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"classes: [yes, no, cat]\noutput_dir: {tmp_path}\ndistill: {{mixed_precision: no}}\n")
+    cfg = load_config(path)
+    assert cfg.distill.mixed_precision == "no" and cfg.classes == ["yes", "no", "cat"]
+    with pytest.raises(UserError, match="'synth.overwrite' must be true or false, got 'yes'"):
+        tiny_config(tmp_path, "synth.overwrite=yes")
+
+
 @pytest.mark.parametrize(
     "override, pattern",
     [

@@ -294,8 +294,10 @@ def test_missing_tensorboard_degrades_to_no_tracker_with_one_line(capsys, monkey
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_latest_matches_straight_run(make_cfg, tmp_path, syn_dataset):
-    """A real kill: SIGKILL `python -m distill` once its first checkpoint is on disk, resume, compare."""
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_a_kill_or_ctrl_c_then_resume_latest_matches_straight_run(make_cfg, tmp_path, syn_dataset, sig):
+    """A real kill (or Ctrl-C) of `python -m distill` once its first checkpoint is on disk, resume, compare. After
+    Ctrl-C the one line says how to resume, and doing what it says ends as the straight run does."""
     import os
     import signal
     import subprocess
@@ -310,12 +312,18 @@ def test_sigkill_then_resume_latest_matches_straight_run(make_cfg, tmp_path, syn
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "distill", "--config", str(TINY_YAML), f"output_dir={killed}",
            f"distill.dataset={syn_dataset}", "distill.student=tiny_cnn", *common]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.time() + 120
     while not list_checkpoints(killed) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, getattr(signal, sig))
+    code = proc.wait()
+    stderr.close()
+    if sig == "SIGINT":
+        lines = (tmp_path / "stderr.txt").read_text().splitlines()
+        assert code == 130 and "dfkd: interrupted; re-run the same command with " \
+            "distill.resume_from_checkpoint=latest to resume" in lines, lines[-3:]
     assert list_checkpoints(killed) and not (killed / "student").exists(), "the run ended before it could be killed"
     train(make_cfg(killed, *common, "distill.resume_from_checkpoint=latest"))
     a, b = _final_weights(tmp_path / "straight"), _final_weights(killed)
