@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import UserError
+from .runtime import check_output_dir
 
 PROG = "dfkd"
 
@@ -190,6 +191,8 @@ def run_command(args: argparse.Namespace) -> int:
     cmd: Command = args._command
     handler = _resolve_handler(cmd.handler)
     inputs = (load_config(args.config, args.overrides), args) if cmd.uses_config else (args,)
+    if cmd.uses_config and cmd.name != "config":  # every other command writes into OUTPUT_DIR
+        check_output_dir(inputs[0].out)
     _setup_environment()
     return int(handler(*inputs) or 0)
 

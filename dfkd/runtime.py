@@ -69,6 +69,39 @@ def multi_process_cpu() -> bool:
     return world > 1 and not torch.cuda.is_available() and not torch.xpu.is_available()
 
 
+def check_output_dir(path: str | Path) -> None:
+    """Refuse, in one line, an ``output_dir`` that is a file or that cannot be written (read-only disk, no
+    permission), before any work."""
+    from .errors import UserError
+
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"output_dir '{path}' is not a folder ('{existing}' is a file); pass a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir '{path}' cannot be written ('{existing}' is read-only for this user); "
+                        "pass a folder you can write to")
+
+
+def check_device(name: str, key: str) -> None:
+    """Refuse, in one line, a device setting that is not a device or that this machine does not have (``auto``
+    always works)."""
+    import torch
+
+    from .errors import UserError
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{key}={name} is not a device; use auto, cpu, cuda, cuda:1 or mps") from None
+    present = {"cpu": True, "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+               "mps": torch.backends.mps.is_available(), "xpu": torch.xpu.is_available()}.get(device.type, False)
+    if not present:
+        raise UserError(f"{key}={name} but this machine has no such device; use {key}=auto (or cpu)")
+
+
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of a multi-process (Accelerate / torchrun) launch."""
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"

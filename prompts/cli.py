@@ -14,7 +14,7 @@ import torch
 
 from dfkd.configtools import write_resolved_config
 from dfkd.errors import UserError
-from dfkd.runtime import atomic_write
+from dfkd.runtime import atomic_write, check_device
 
 from .config import PromptsExperiment
 from .contrastive import (
@@ -62,6 +62,7 @@ def learn(cfg: PromptsExperiment, args=None) -> int:
     """``dfkd prompts learn``: learn ``K`` Contrastive-Prompt styles (docs/method.md section 3)."""
     # 1. check inputs before any model is loaded
     PROMPT_METHODS.get(cfg.prompts.method)  # an unknown name lists the valid ones
+    check_device(cfg.synth.device, "synth.device")  # prompts are learned on the device synthesis runs on
     words = load_style_dictionary(cfg.prompts.style_dictionary)
     model_id = cfg.prompt_encoder()[0]
     folder = bank_dir(cfg.out)

@@ -17,7 +17,7 @@ import torch
 
 from dfkd import schema
 from dfkd.configtools import write_resolved_config
-from dfkd.runtime import derive_seed, multi_process_cpu
+from dfkd.runtime import check_device, derive_seed, multi_process_cpu
 from prompts.methods import create_prompt_method, preflight_prompt_method
 from prompts.teacher import load_teacher
 
@@ -53,6 +53,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     # 1. check inputs that need no model: backend and prompt method, output folder, the shard plan
     backend_cls = get_backend(s.backend)
     backend_cls.preflight(cfg)
+    check_device(s.device, "synth.device")
     preflight_prompt_method(cfg.prompts, cfg.out)
     specs = plan_shards(len(cfg.classes), s.images_per_class, s.shard_size)
     prepare_output(dataset_dir, cfg, specs, main=state.is_main_process)

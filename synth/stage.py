@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dfkd import schema
+from dfkd.runtime import check_device
 from dfkd.stage import Stage
 
 from .backends import get_backend
@@ -31,6 +32,7 @@ class SynthStage(Stage):
 
     def preflight(self, cfg: SynthExperiment) -> None:
         get_backend(cfg.synth.backend).preflight(cfg)
+        check_device(cfg.synth.device, "synth.device")
         check_or_write_state(cfg.out / schema.DATASET_DIR, cfg, cfg.synth.overwrite, write=False)
 
     def is_done(self, cfg: SynthExperiment) -> bool:
