@@ -61,6 +61,7 @@ class SynthConfig:
     backend: str = "diffusion"  #: diffusion or clip_guided (or a registered backend)
     model: str = "stabilityai/sd-turbo"  #: diffusion pipeline id, or the autoencoder (VQModel/AutoencoderKL) id for clip_guided
     images_per_class: int = 100
+    max_images: int = 10_000_000  #: a run that plans more images (classes x images_per_class) is refused; raise it
     batch_size: int = 16
     resolution: int = 512  #: generation resolution (px)
     store_resolution: int = 256  #: stored resolution (px); images are resized before encoding
@@ -88,9 +89,10 @@ class SynthConfig:
 
     def validate(self, prefix: str) -> None:
         check(bool(self.backend), prefix + "backend", "must name a backend (diffusion or clip_guided)")
-        at_least(self, prefix, images_per_class=1, batch_size=1, resolution=8, store_resolution=8, steps=1,
+        at_least(self, prefix, images_per_class=1, max_images=1, batch_size=1, resolution=8, store_resolution=8, steps=1,
                  guidance_scale=0, shard_size=1, writer_threads=1, diagnostics_max_per_class=2, preview_per_class=1)
         check(1 <= self.jpeg_quality <= 100, prefix + "jpeg_quality", "must be in 1..100")
+        check(self.resolution <= 8192, prefix + "resolution", "must be at most 8192 (pixels per side)")
         check(not self.push_to_hub or bool(self.hub_repo), prefix + "hub_repo",
               "must be set (user/name) when synth.push_to_hub=true")
 

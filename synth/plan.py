@@ -39,6 +39,16 @@ class ShardSpec:
         return [self.keys[i:i + batch_size] for i in range(0, len(self.keys), batch_size)]
 
 
+def check_plan_size(cfg) -> None:
+    """Refuse, before the plan is built, a dataset larger than ``synth.max_images`` (a typo such as
+    ``images_per_class=1000000000`` would fill memory with the plan alone)."""
+    total = len(cfg.classes) * cfg.synth.images_per_class
+    if total > cfg.synth.max_images:
+        raise UserError(f"{len(cfg.classes)} classes x synth.images_per_class={cfg.synth.images_per_class} is {total:,} "
+                        f"images, over synth.max_images={cfg.synth.max_images:,}; lower images_per_class or raise "
+                        "synth.max_images if you mean it")
+
+
 def plan_shards(num_classes: int, images_per_class: int, shard_size: int) -> list[ShardSpec]:
     """All shards of a dataset of ``num_classes * images_per_class`` images."""
     keys = [(label, index) for index in range(images_per_class) for label in range(num_classes)]

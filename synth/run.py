@@ -22,7 +22,7 @@ from prompts.methods import create_prompt_method, preflight_prompt_method
 from prompts.teacher import load_teacher
 
 from .backends import Backend, get_backend
-from .plan import ShardSpec, check_or_write_state, plan_shards, write_state
+from .plan import ShardSpec, check_or_write_state, check_plan_size, plan_shards, write_state
 from .writer import DatasetWriter, done_shards, remove_stale, to_uint8
 
 
@@ -54,6 +54,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     backend_cls = get_backend(s.backend)
     backend_cls.preflight(cfg)
     check_device(s.device, "synth.device")
+    check_plan_size(cfg)
     preflight_prompt_method(cfg.prompts, cfg.out)
     specs = plan_shards(len(cfg.classes), s.images_per_class, s.shard_size)
     prepare_output(dataset_dir, cfg, specs, main=state.is_main_process)

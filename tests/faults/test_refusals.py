@@ -44,3 +44,14 @@ def test_a_device_this_machine_lacks_is_refused_before_any_model_loads(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"synth.device={device}" in err[0] and problem in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "synth"])
+def test_a_plan_too_large_for_the_machine_is_refused_before_it_is_built(tmp_path, capsys, command):
+    """``images_per_class=1000000000`` once filled memory with the shard plan; now it is one line (and the cap
+    is a setting: raising synth.max_images lets a big run through)."""
+    args = [command, "--config", str(TINY_YAML), f"output_dir={tmp_path}", "synth.images_per_class=1000000000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "7,000,000,000 images, over synth.max_images=10,000,000" in err[0]
+    assert list(tmp_path.iterdir()) == []
