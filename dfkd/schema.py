@@ -19,6 +19,7 @@ from dfkd.errors import UserError
 DATASET_DIR = "dataset"  #: the dataset's folder inside OUTPUT_DIR
 DATA_DIR = "data"
 CARD_NAME = "README.md"
+SYNTH_STATE = ".dfkd_synth.json"  #: the config fingerprint the shards were made with (hidden: not uploaded)
 
 #: column -> meaning (also rendered into the dataset card)
 COLUMNS = {

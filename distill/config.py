@@ -84,6 +84,7 @@ class DistillConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 2
     resume_from_checkpoint: str | None = None  #: latest or a checkpoint folder
+    overwrite: bool = False  #: start over when OUTPUT_DIR holds checkpoints of other distill settings or data
     eval_every: int = 0  #: steps between evaluations during training (0 = only at the end)
     log_with: str = "tensorboard"  #: an Accelerate tracker, or none
     log_every: int = 10  #: steps between loss logs (progress bar and trackers)

@@ -8,21 +8,24 @@ import json
 from pathlib import Path
 
 from dfkd.runtime import is_main_process
+from dfkd.schema import DATASET_DIR
 from dfkd.stage import Stage
 
 from .cli import report_eval_files, run_evaluation, train_and_report
 from .config import DistillExperiment
 from .export import STUDENT_DIR, WEIGHTS_NAME
-from .trainer import find_resume_dir, preflight
+from .trainer import find_resume_dir, fingerprint, preflight, same_fingerprint
 
 
 def student_is_current(cfg: DistillExperiment) -> bool:
-    """True when ``OUTPUT_DIR/student`` holds an exported student of this config's student and classes."""
+    """True when ``OUTPUT_DIR/student`` holds a student exported under this config's fingerprint (its distill settings,
+    teacher, classes and seed, and the synthetic data when that is on disk: :func:`distill.trainer.fingerprint`)."""
     config = cfg.out / STUDENT_DIR / "config.json"
     if not config.is_file() or not (config.parent / WEIGHTS_NAME).is_file():
         return False
+    dataset = Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / DATASET_DIR
     meta = json.loads(config.read_text()).get("dfkd", {})
-    return meta.get("classes") == list(cfg.classes) and meta.get("student") == cfg.distill.student
+    return same_fingerprint(meta.get("fingerprint"), fingerprint(cfg, dataset))
 
 
 def eval_is_current(cfg: DistillExperiment) -> bool:

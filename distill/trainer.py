@@ -15,12 +15,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 from dfkd.configtools import write_resolved_config
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_write, is_main_process, multi_process_cpu
-from dfkd.schema import DATASET_DIR
+from dfkd.schema import DATA_DIR, DATASET_DIR, SYNTH_STATE
 
 from .augment import step_generator
 from .config import DistillExperiment
@@ -110,15 +111,53 @@ def list_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def find_resume_dir(cfg: DistillExperiment, resume_latest: bool = False) -> Path | None:
+#: distill settings that decide how a run goes, not the student it ends with (left out of its fingerprint)
+_BOOKKEEPING = ("dataset", "num_workers", "device_resident", "checkpointing_steps", "checkpoints_total_limit",
+                "resume_from_checkpoint", "eval_every", "log_with", "log_every", "push_to_hub", "hub_repo", "hub_private",
+                "overwrite")
+
+
+def fingerprint(cfg: DistillExperiment, dataset_dir: Path | None = None) -> dict[str, str]:
+    """What decides the trained student: ``settings`` (the distill section but its bookkeeping, the teacher section,
+    classes, seed) and, given ``dataset_dir``, ``dataset`` (its shard files, and the synth state that made them)."""
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    distill = {k: v for k, v in asdict(cfg.distill).items() if k not in _BOOKKEEPING}
+    fp = {"settings": digest([distill, asdict(cfg.teacher), list(cfg.classes), cfg.seed])}
+    if dataset_dir is not None and (dataset_dir / DATA_DIR).is_dir():
+        state = dataset_dir / SYNTH_STATE
+        files = [[p.name, p.stat().st_size] for p in sorted((dataset_dir / DATA_DIR).glob("*.parquet"))]
+        fp["dataset"] = digest([files, state.read_text() if state.is_file() else ""])
+    return fp
+
+
+def same_fingerprint(recorded: object, current: dict[str, str]) -> bool:
+    """``recorded`` (from a checkpoint or an exported student) agrees with every part of ``current``."""
+    return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in current.items())
+
+
+def foreign_checkpoints(cfg: DistillExperiment, dataset_dir: Path | None = None) -> list[Path]:
+    """Checkpoints in OUTPUT_DIR written under another :func:`fingerprint` (or before fingerprints existed)."""
+    current = fingerprint(cfg, dataset_dir)
+    return [p for p in list_checkpoints(cfg.out) if not same_fingerprint(read_state(p).get("fingerprint"), current)]
+
+
+def find_resume_dir(cfg: DistillExperiment, resume_latest: bool = False, dataset_dir: Path | None = None) -> Path | None:
     """``distill.resume_from_checkpoint``: None, ``latest`` (error if there is none) or a checkpoint folder.
-    Unset, with ``resume_latest``: the latest checkpoint when there is one (what ``dfkd run`` does)."""
+    Unset, with ``resume_latest``: the latest checkpoint when there is one (what ``dfkd run`` does).
+
+    Only checkpoints of this config's :func:`fingerprint` count: others in OUTPUT_DIR are refused in one line, or
+    with ``distill.overwrite`` left aside (training deletes them)."""
+    foreign = foreign_checkpoints(cfg, dataset_dir)
+    if foreign and not cfg.distill.overwrite:
+        raise UserError(f"'{cfg.out / CHECKPOINTS_DIR}' holds checkpoints of other distill settings or data "
+                        f"({foreign[-1].name}, ...); use another output_dir, or pass distill.overwrite=true to start over")
+    ckpts = [p for p in list_checkpoints(cfg.out) if p not in foreign]
     choice = cfg.distill.resume_from_checkpoint
     if not choice:
-        ckpts = list_checkpoints(cfg.out) if resume_latest else []
-        return ckpts[-1] if ckpts else None
+        return ckpts[-1] if ckpts and resume_latest else None
     if choice == "latest":
-        ckpts = list_checkpoints(cfg.out)
         if not ckpts:
             raise UserError(f"distill.resume_from_checkpoint=latest but there is no checkpoint in "
                             f"'{cfg.out / CHECKPOINTS_DIR}'; drop the option to train from scratch")
@@ -127,6 +166,9 @@ def find_resume_dir(cfg: DistillExperiment, resume_latest: bool = False) -> Path
     if read_state(path) is None:
         raise UserError(f"distill.resume_from_checkpoint='{choice}' is not a complete checkpoint folder (no readable "
                         f"{STATE_FILE}); use latest or an OUT/checkpoints/checkpoint-STEP folder")
+    if not same_fingerprint(read_state(path).get("fingerprint"), fingerprint(cfg, dataset_dir)):
+        raise UserError(f"distill.resume_from_checkpoint='{choice}' was written with other distill settings or data; "
+                        "resume it with the config that wrote it, or drop the option to train from scratch")
     return path
 
 
@@ -165,7 +207,7 @@ def check_inputs(cfg: DistillExperiment, main_first, resume_latest: bool = False
     dataset_dir = Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / DATASET_DIR
     with main_first():
         ds = load_synthetic(dataset_dir, cfg.classes)
-    resume_dir = find_resume_dir(cfg, resume_latest)
+    resume_dir = find_resume_dir(cfg, resume_latest, dataset_dir)
     few, eval_domains = read_real_inputs(cfg)
     return Inputs(student, kind, pre, ds, dataset_dir, resume_dir, few, eval_domains)
 
@@ -215,13 +257,15 @@ def build_train_data(cfg: DistillExperiment, inputs: Inputs, accelerator) -> Tra
     return TrainData(plan, accelerator.device, Batch(images, labels, is_real))
 
 
-def save_checkpoint(accelerator, cfg: DistillExperiment, step: int, scheduler) -> Path:
-    """``save_state`` into ``OUT/checkpoints/checkpoint-STEP`` (all processes), then the trainer state (the step and
-    the LR schedule's state as JSON: nothing of ours is pickled), then prune (main process)."""
+def save_checkpoint(run: Run, step: int) -> Path:
+    """``save_state`` into ``OUT/checkpoints/checkpoint-STEP`` (all processes), then the trainer state (the step, the
+    LR schedule's state as JSON: nothing of ours is pickled, and the run's fingerprint), then prune (main process)."""
+    cfg, accelerator = run.cfg, run.accelerator
     path = cfg.out / CHECKPOINTS_DIR / f"checkpoint-{step}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        atomic_write(path / STATE_FILE, json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
+        state = {"step": step, "scheduler": run.scheduler.state_dict(), "fingerprint": run.fingerprint}
+        atomic_write(path / STATE_FILE, json.dumps(state))
         for old in list_checkpoints(cfg.out)[:-cfg.distill.checkpoints_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -256,6 +300,7 @@ class Run:
     total_steps: int
     start_step: int
     pixel_stats: tuple[torch.Tensor, torch.Tensor]  #: student mean, std as (1, 3, 1, 1) on the device
+    fingerprint: dict[str, str]  #: of this config and dataset, recorded in checkpoints and the exported student
 
 
 def setup(cfg: DistillExperiment, resume_latest: bool = False) -> Run:
@@ -268,6 +313,10 @@ def setup(cfg: DistillExperiment, resume_latest: bool = False) -> Run:
     accelerator = make_accelerator(cfg)
     inputs = check_inputs(cfg, accelerator.main_process_first, resume_latest)
     write_resolved_config(cfg)  # only once the inputs are accepted: a refused run leaves the folder as it was
+    if accelerator.is_main_process:  # distill.overwrite: the work of other settings goes, so it is never resumed
+        for old in foreign_checkpoints(cfg, inputs.dataset_dir):
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
     clip = load_teacher(cfg.teacher, cfg.classes, accelerator.device, accelerator.main_process_first)
     teacher = DistillTeacher(clip, inputs.pre.mean, inputs.pre.std)
     data = build_train_data(cfg, inputs, accelerator)
@@ -280,7 +329,8 @@ def setup(cfg: DistillExperiment, resume_latest: bool = False) -> Run:
     if accelerator.is_main_process:
         accelerator.init_trackers("dfkd-distill", config=_flat_config(cfg))
     stats = tuple(torch.tensor(v, device=accelerator.device).view(1, 3, 1, 1) for v in (inputs.pre.mean, inputs.pre.std))
-    return Run(cfg, accelerator, inputs, teacher, data, model, optimizer, scheduler, steps, start, stats)
+    return Run(cfg, accelerator, inputs, teacher, data, model, optimizer, scheduler, steps, start, stats,
+               fingerprint(cfg, inputs.dataset_dir))
 
 
 class Throughput:
@@ -343,7 +393,7 @@ def loop(run: Run, stop: int) -> tuple[int, Throughput, float, list[dict[str, fl
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
         bar.update(1)
         if step % d.checkpointing_steps == 0:
-            save_checkpoint(acc, cfg, step, run.scheduler)
+            save_checkpoint(run, step)
         if d.eval_every and run.inputs.eval_domains and step % d.eval_every == 0 and step < run.total_steps:
             _log_eval(run, step, with_teacher=False)
     bar.close()
@@ -367,7 +417,7 @@ def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
 
     cfg, acc, d = run.cfg, run.accelerator, run.cfg.distill
     if step % d.checkpointing_steps != 0 and step > run.start_step:
-        save_checkpoint(acc, cfg, step, run.scheduler)
+        save_checkpoint(run, step)
     result = _log_eval(run, step) if run.inputs.eval_domains else None
     if result is None:
         acc.print("dfkd distill: eval.data is not set, skipping evaluation on real data "
@@ -376,7 +426,7 @@ def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
     if acc.is_main_process:
         meta = student_meta(cfg, run.inputs.kind, run.inputs.pre, dataset=str(run.inputs.dataset_dir),
                             **dataset_provenance(run.inputs.dataset), steps=step, images=len(run.data),
-                            processes=acc.num_processes)
+                            processes=acc.num_processes, fingerprint=run.fingerprint)
         export_student(acc.unwrap_model(run.model), student_dir, meta, metrics=result)
         if result is not None:  # after the export: eval.json is newer than the student it scored
             write_eval(result, cfg.out, {"data": cfg.eval.data, "student": str(student_dir), "teacher": cfg.teacher.model})

@@ -14,10 +14,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfkd import schema
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_write
 
-STATE_NAME = ".dfkd_synth.json"  #: hidden: not part of the uploaded dataset
+STATE_NAME = schema.SYNTH_STATE
 
 
 @dataclass(frozen=True)

@@ -115,9 +115,6 @@ def test_dfkd_run_resumes_a_lost_student_at_its_checkpoint_and_ends_as_a_straigh
                                                                          if not torch.equal(resumed[k], straight[k])]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (fixed by another issue): student_is_current() compares only the "
-                   "student name and classes, so a student trained with other distill settings counts as done "
-                   "and `dfkd run` skips training")
 @pytest.mark.parametrize("change", ["distill.lr=0.01", "distill.loss.temperature=2"])
 def test_a_student_of_other_distill_settings_is_not_taken_as_done(tmp_path, change):
     """`dfkd run` skips distillation when student_is_current(cfg); a student exported under other distill settings
@@ -244,6 +241,24 @@ def test_a_run_that_lost_its_evaluation_evaluates_again_and_nothing_else(runs):
     assert data["data"] == str(runs.toy) and [r["domain"] for r in data["domains"]] == ["photo"]
     kept = {k: v for k, v in _stamps(runs.out).items() if k not in ("eval.json", "eval.md")}
     assert kept == {k: v for k, v in before.items() if k not in ("eval.json", "eval.md")}
+
+
+def test_a_run_with_another_distill_lr_refuses_the_old_work_then_retrains_on_overwrite(runs, tmp_path, capsys):
+    """`dfkd run` once kept an old student (and resumed its checkpoints) after distill.lr changed. Now the old
+    checkpoints and student are another fingerprint's: one line offers the choice, and distill.overwrite=true
+    retrains (the dataset is kept)."""
+    out = tmp_path / "run"
+    shutil.copytree(runs.out, out, copy_function=shutil.copy2)
+    argv = ["run", "--config", str(TINY_YAML), f"output_dir={out}", *runs.overrides, "distill.lr=0.01"]
+    assert dfkd_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other distill settings or data" in err[0] and "distill.overwrite=true" in err[0]
+    dataset = {p: p.stat().st_mtime_ns for p in (out / "dataset").rglob("*") if p.is_file()}
+    assert len(dataset) >= 3
+    text = _dfkd_run([*argv, "distill.overwrite=true"])
+    assert "2/4 synth: dataset" in text and "3/4 distill: training the student" in text
+    assert {p: p.stat().st_mtime_ns for p in (out / "dataset").rglob("*") if p.is_file()} == dataset
+    assert student_is_current(_cfg(out, runs, "distill.lr=0.01")) and not student_is_current(_cfg(out, runs))
 
 
 def test_a_contrastive_run_checks_the_prompt_stage_before_any_stage_runs(tmp_path, capsys):

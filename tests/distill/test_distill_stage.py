@@ -3,16 +3,18 @@ decided from the files in OUTPUT_DIR (the runs themselves are in tests/dfkd/test
 
 from __future__ import annotations
 
+import json
+
 from fixtures import tiny_config
 
 from distill.stage import DistillStage, EvalStage
-from distill.trainer import CHECKPOINTS_DIR, STATE_FILE
+from distill.trainer import CHECKPOINTS_DIR, STATE_FILE, fingerprint
 
 
 def _checkpoint(out, step):
     folder = out / CHECKPOINTS_DIR / f"checkpoint-{step}"
     folder.mkdir(parents=True)
-    (folder / STATE_FILE).write_text(f'{{"step": {step}}}')
+    (folder / STATE_FILE).write_text(json.dumps({"step": step, "fingerprint": fingerprint(tiny_config(out))}))
     return folder
 
 

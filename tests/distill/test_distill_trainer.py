@@ -219,11 +219,12 @@ def _resume_matches(make_cfg, tmp_path, *extra):
 def test_a_checkpoint_whose_trainer_state_is_torn_or_damaged_is_not_resumed(tmp_path, damage):
     """The trainer state is written last: a checkpoint whose state does not read back is not a checkpoint; the one
     before it is resumed instead (and a named one is refused in one line)."""
-    from distill.trainer import find_resume_dir
+    from distill.trainer import find_resume_dir, fingerprint
 
     for step in (3, 6):
         (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
-        (tmp_path / "checkpoints" / f"checkpoint-{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+        state = {"step": step, "fingerprint": fingerprint(tiny_config(tmp_path))}
+        (tmp_path / "checkpoints" / f"checkpoint-{step}" / STATE_FILE).write_text(json.dumps(state))
     (tmp_path / "checkpoints" / "checkpoint-6" / STATE_FILE).write_bytes(damage)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3"]
     cfg = tiny_config(tmp_path, "distill.resume_from_checkpoint=latest")
@@ -327,4 +328,21 @@ def test_a_kill_or_ctrl_c_then_resume_latest_matches_straight_run(make_cfg, tmp_
     assert list_checkpoints(killed) and not (killed / "student").exists(), "the run ended before it could be killed"
     train(make_cfg(killed, *common, "distill.resume_from_checkpoint=latest"))
     a, b = _final_weights(tmp_path / "straight"), _final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_of_other_settings_are_never_resumed_pruned_against_or_exported(make_cfg, tmp_path, capsys):
+    """A folder with another run's checkpoints (another lr) is refused in one line; distill.overwrite=true deletes
+    them and trains from scratch, ending as a run in a fresh folder does."""
+    common = ["distill.max_steps=4", "distill.checkpointing_steps=2", "distill.checkpoints_total_limit=1"]
+    train(make_cfg(tmp_path / "old", *common, "distill.max_steps=6"), stop_after_step=6)
+    assert [p.name for p in list_checkpoints(tmp_path / "old")] == ["checkpoint-6"]
+    for resume in ([], ["distill.resume_from_checkpoint=latest"]):
+        with pytest.raises(UserError, match="holds checkpoints of other distill settings or data"):
+            train(make_cfg(tmp_path / "old", *common, "distill.lr=0.01", *resume))
+    assert [p.name for p in list_checkpoints(tmp_path / "old")] == ["checkpoint-6"]  # nothing was touched
+    train(make_cfg(tmp_path / "old", *common, "distill.lr=0.01", "distill.overwrite=true"))
+    train(make_cfg(tmp_path / "fresh", *common, "distill.lr=0.01"))
+    assert [p.name for p in list_checkpoints(tmp_path / "old")] == ["checkpoint-4"]
+    a, b = _final_weights(tmp_path / "old"), _final_weights(tmp_path / "fresh")
     assert all(torch.equal(a[k], b[k]) for k in a)
