@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import UserError
-from .runtime import check_output_dir
+from .runtime import check_output_dir, output_lock
 
 PROG = "dfkd"
 
@@ -191,10 +191,12 @@ def run_command(args: argparse.Namespace) -> int:
     cmd: Command = args._command
     handler = _resolve_handler(cmd.handler)
     inputs = (load_config(args.config, args.overrides), args) if cmd.uses_config else (args,)
-    if cmd.uses_config and cmd.name != "config":  # every other command writes into OUTPUT_DIR
-        check_output_dir(inputs[0].out)
     _setup_environment()
-    return int(handler(*inputs) or 0)
+    if not cmd.uses_config or cmd.name == "config":
+        return int(handler(*inputs) or 0)
+    check_output_dir(inputs[0].out)  # every other command writes into OUTPUT_DIR, one command at a time
+    with output_lock(inputs[0].out):
+        return int(handler(*inputs) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

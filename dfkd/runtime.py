@@ -69,6 +69,51 @@ def multi_process_cpu() -> bool:
     return world > 1 and not torch.cuda.is_available() and not torch.xpu.is_available()
 
 
+LOCK_NAME = ".dfkd.lock"
+
+
+@contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold ``OUTPUT_DIR/.dfkd.lock`` (an exclusive ``flock``) while one command writes into ``out``; a second command
+    on the same folder is refused in one line. The kernel drops the lock of a process that dies, so a killed run
+    leaves nothing to clean up (the next run says it takes over). The ranks of one launch share their main
+    process's lock. The lock file goes when the command ends, and a folder this made, if the command left it empty."""
+    import fcntl
+    import socket
+
+    from .errors import UserError
+
+    if not is_main_process():
+        yield
+        return
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(f"another dfkd command ({f.read().strip() or 'starting'}) is writing into '{out}'; wait "
+                            "for it to end, or use another output_dir") from None
+        if not path.exists() or os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:  # its holder removed it meanwhile
+            raise UserError(f"another dfkd command just finished with '{out}'; run the command again")
+        f.seek(0)
+        if f.read().strip():
+            print(f"dfkd: taking over '{out}' from a command that ended without releasing it", flush=True)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:  # still holding the lock: a command that opened this file meanwhile sees it gone and stops
+            path.unlink()
+            if created and not any(out.iterdir()):
+                out.rmdir()
+
+
 def check_output_dir(path: str | Path) -> None:
     """Refuse, in one line, an ``output_dir`` that is a file or that cannot be written (read-only disk, no
     permission), before any work."""
