@@ -208,11 +208,18 @@ def test_the_backend_declares_the_text_encoder_styles_live_in(tmp_path):
         def text_encoder_source(cls, cfg):
             return "my/encoder", "clip"
 
+    @register_backend("test_declares_nothing")
+    class Plain(Backend):
+        pass
+
     try:
         cfg.synth.backend, cfg.prompts.encoder = "test_encoder_source", "auto"
         assert cfg.prompt_encoder() == ("my/encoder", "clip")
+        cfg.synth.backend = "test_declares_nothing"
+        assert cfg.prompt_encoder() == (cfg.teacher.model, "clip")
     finally:
         _BACKENDS.pop("test_encoder_source")
+        _BACKENDS.pop("test_declares_nothing")
 
 
 def test_values_from_python_keep_working_tuples_as_lists_and_keys_as_names(tmp_path):
