@@ -330,6 +330,20 @@ def test_student_is_current_for_an_exported_student_of_this_student_and_classes(
     assert not student_is_current(_cfg(student_copy / "empty", runs))
 
 
+def test_student_is_current_only_for_the_synthetic_data_it_was_trained_on(runs, tmp_path):
+    """The student's fingerprint includes its data: another shard in the dataset it reads (OUTPUT_DIR/dataset, or
+    distill.dataset when set) makes it stale."""
+    for name in ("student", "dataset"):
+        shutil.copytree(runs.out / name, tmp_path / name, copy_function=shutil.copy2)
+    shutil.copytree(runs.out / "dataset", tmp_path / "grown", copy_function=shutil.copy2)
+    shard = min((tmp_path / "grown" / "data").glob("*.parquet"))
+    shutil.copy2(shard, shard.with_name("train-99999.parquet"))
+    assert student_is_current(_cfg(tmp_path, runs))
+    assert not student_is_current(_cfg(tmp_path, runs, f"distill.dataset={tmp_path / 'grown'}"))
+    shutil.copy2(shard, tmp_path / "dataset" / "data" / "train-99999.parquet")
+    assert not student_is_current(_cfg(tmp_path, runs))
+
+
 def test_student_is_current_needs_both_files_and_the_dfkd_metadata(runs, student_copy):
     cfg = _cfg(student_copy, runs)
     config, weights = student_copy / "student" / "config.json", student_copy / "student" / "model.safetensors"

@@ -235,12 +235,19 @@ def test_the_teacher_stays_in_eval_mode(teacher_032):
     assert not teacher_032.training and not teacher_032.clip.model.training
 
 
-def test_teacher_normalisation_is_not_saved_as_weights(teacher_032):
-    """The student's mean/std the teacher undoes are per-run settings: not in its state_dict, unlike CLIP's own."""
-    keys = set(teacher_032.state_dict())
+def test_teacher_normalisation_is_not_saved_as_weights():
+    """The student's mean/std the teacher undoes are per-run settings: not in its state_dict, unlike CLIP's own.
+    (Built here, not by the module fixture, so that mutation testing credits this test with the constructor.)"""
+    from fixtures import TINY_TEACHER
+
+    from distill.teacher import DistillTeacher
+    from prompts.teacher import load_teacher
+
+    teacher = DistillTeacher(load_teacher(TINY_TEACHER, TINY_CLASSES), (0.3, 0.5, 0.6), (0.2, 0.35, 0.25))
+    keys = set(teacher.state_dict())
     assert "mean" not in keys and "std" not in keys
     assert {"clip.mean", "clip.std"} <= keys  # CLIP's own preprocessing is part of the CLIP model
-    assert all(not p.requires_grad for p in teacher_032.parameters())
+    assert all(not p.requires_grad for p in teacher.parameters())
 
 
 def test_load_teacher_builds_clip_in_the_requested_dtype_and_answers_float32(tmp_path, monkeypatch):
