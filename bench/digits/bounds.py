@@ -5,20 +5,20 @@
 * ``noise``: un-optimised random images (the Fourier parameterisation at its random start): the floor.
 
 The same student and distillation recipe as the synthetic settings read them through
-``distill.dataset``. Folder names carry a hash of their content, because ``datasets`` caches a local
-folder by its name.
+``distill.dataset``. Folder names carry what decides the set (kind, size, seed) and :data:`BOUNDS_VERSION`,
+because ``datasets`` caches a local folder by its name.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dfkd.digits import data
+
+BOUNDS_VERSION = 1  #: bump when the bound sets change (their folders are reused by name)
 
 
 def real_images(per_class: int, seed: int) -> tuple[torch.Tensor, list[int]]:
@@ -49,12 +49,13 @@ def write_dataset(root: Path, kind: str, per_class: int, seed: int) -> Path:
     from dfkd import schema
     from synth.writer import encode_image, to_uint8
 
-    images, labels = (real_images if kind == "real" else noise_images)(per_class, seed)
-    arrays = to_uint8(images, data.SIZE)
-    digest = hashlib.sha256(arrays.tobytes() + json.dumps(labels).encode()).hexdigest()[:12]
-    folder = root / f"{kind}-{digest}"
+    # named by what decides it, not by its pixels: renderings differ in the last bit with the number of threads,
+    # and a student distilled from this folder must find the same data when the benchmark runs again
+    folder = root / f"{kind}-{per_class}-{seed}-v{BOUNDS_VERSION}"
     if (folder / "data").is_dir():
         return folder
+    images, labels = (real_images if kind == "real" else noise_images)(per_class, seed)
+    arrays = to_uint8(images, data.SIZE)
     counts = [0] * 10
     index = []
     for y in labels:
