@@ -8,13 +8,12 @@ import json
 from pathlib import Path
 
 from dfkd.runtime import is_main_process
-from dfkd.schema import DATASET_DIR
 from dfkd.stage import Stage
 
 from .cli import report_eval_files, run_evaluation, train_and_report
 from .config import DistillExperiment
 from .export import STUDENT_DIR, WEIGHTS_NAME
-from .trainer import find_resume_dir, fingerprint, preflight, same_fingerprint
+from .trainer import find_resume_dir, fingerprint, preflight, same_fingerprint, synthetic_dir
 
 
 def student_is_current(cfg: DistillExperiment) -> bool:
@@ -23,9 +22,8 @@ def student_is_current(cfg: DistillExperiment) -> bool:
     config = cfg.out / STUDENT_DIR / "config.json"
     if not config.is_file() or not (config.parent / WEIGHTS_NAME).is_file():
         return False
-    dataset = Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / DATASET_DIR
     meta = json.loads(config.read_text()).get("dfkd", {})
-    return same_fingerprint(meta.get("fingerprint"), fingerprint(cfg, dataset))
+    return same_fingerprint(meta.get("fingerprint"), fingerprint(cfg, synthetic_dir(cfg)))
 
 
 def eval_is_current(cfg: DistillExperiment) -> bool:

@@ -117,6 +117,11 @@ _BOOKKEEPING = ("dataset", "num_workers", "device_resident", "checkpointing_step
                 "overwrite")
 
 
+def synthetic_dir(cfg: DistillExperiment) -> Path:
+    """The synthetic dataset distill reads: ``distill.dataset``, else ``OUTPUT_DIR/dataset``."""
+    return Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / DATASET_DIR
+
+
 def fingerprint(cfg: DistillExperiment, dataset_dir: Path | None = None) -> dict[str, str]:
     """What decides the trained student: ``settings`` (the distill section but its bookkeeping, the teacher section,
     classes, seed) and, given ``dataset_dir``, ``dataset`` (its shard files, and the synth state that made them)."""
@@ -163,10 +168,11 @@ def find_resume_dir(cfg: DistillExperiment, resume_latest: bool = False, dataset
                             f"'{cfg.out / CHECKPOINTS_DIR}'; drop the option to train from scratch")
         return ckpts[-1]
     path = Path(choice)
-    if read_state(path) is None:
+    state = read_state(path)
+    if state is None:
         raise UserError(f"distill.resume_from_checkpoint='{choice}' is not a complete checkpoint folder (no readable "
                         f"{STATE_FILE}); use latest or an OUT/checkpoints/checkpoint-STEP folder")
-    if not same_fingerprint(read_state(path).get("fingerprint"), fingerprint(cfg, dataset_dir)):
+    if not same_fingerprint(state.get("fingerprint"), fingerprint(cfg, dataset_dir)):
         raise UserError(f"distill.resume_from_checkpoint='{choice}' was written with other distill settings or data; "
                         "resume it with the config that wrote it, or drop the option to train from scratch")
     return path
@@ -204,7 +210,7 @@ def preflight(cfg: DistillExperiment) -> None:
 def check_inputs(cfg: DistillExperiment, main_first, resume_latest: bool = False) -> Inputs:
     """Step 1: every user-fixable error is raised here, before the teacher loads or training starts."""
     student, kind, pre = check_student(cfg)
-    dataset_dir = Path(cfg.distill.dataset) if cfg.distill.dataset else cfg.out / DATASET_DIR
+    dataset_dir = synthetic_dir(cfg)
     with main_first():
         ds = load_synthetic(dataset_dir, cfg.classes)
     resume_dir = find_resume_dir(cfg, resume_latest, dataset_dir)
