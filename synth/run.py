@@ -51,10 +51,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     start = time.perf_counter()
 
     # 1. check inputs that need no model: backend and prompt method, output folder, the shard plan
-    backend_cls = get_backend(s.backend)
-    backend_cls.preflight(cfg)
-    check_device(s.device, "synth.device")
-    check_plan_size(cfg)
+    backend_cls = check_settings(cfg)
     preflight_prompt_method(cfg.prompts, cfg.out)
     specs = plan_shards(len(cfg.classes), s.images_per_class, s.shard_size)
     prepare_output(dataset_dir, cfg, specs, main=state.is_main_process)
@@ -100,6 +97,16 @@ def synthesize(cfg, *, state=None) -> SynthResult:
 
 
 # ---------------------------------------------------------------- steps
+def check_settings(cfg) -> type[Backend]:
+    """The synth settings that can be checked without a model or the output folder (the backend's own, the
+    device, the size of the plan); returns the backend class. ``dfkd synth`` and ``dfkd run``'s preflight share it."""
+    backend_cls = get_backend(cfg.synth.backend)
+    backend_cls.preflight(cfg)
+    check_device(cfg.synth.device, "synth.device")
+    check_plan_size(cfg)
+    return backend_cls
+
+
 def prepare_output(dataset_dir: Path, cfg, specs: Sequence[ShardSpec], *, main: bool) -> None:
     """Refuse a folder from another config (every process checks); the main process clears or tidies it."""
     clear = check_or_write_state(dataset_dir, cfg, cfg.synth.overwrite, write=main)

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from dfkd import schema
-from dfkd.runtime import check_device
 from dfkd.stage import Stage
 
-from .backends import get_backend
 from .cli import main
 from .config import SynthExperiment
-from .plan import check_or_write_state, check_plan_size, plan_shards
+from .plan import check_or_write_state, plan_shards
+from .run import check_settings
 from .writer import done_shards
 
 
@@ -31,9 +30,7 @@ class SynthStage(Stage):
     name = "synth"
 
     def preflight(self, cfg: SynthExperiment) -> None:
-        get_backend(cfg.synth.backend).preflight(cfg)
-        check_device(cfg.synth.device, "synth.device")
-        check_plan_size(cfg)
+        check_settings(cfg)
         check_or_write_state(cfg.out / schema.DATASET_DIR, cfg, cfg.synth.overwrite, write=False)
 
     def is_done(self, cfg: SynthExperiment) -> bool:
