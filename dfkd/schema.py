@@ -12,7 +12,11 @@ from 0 to ``images_per_class - 1``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from dfkd.errors import UserError
 
@@ -20,6 +24,7 @@ DATASET_DIR = "dataset"  #: the dataset's folder inside OUTPUT_DIR
 DATA_DIR = "data"
 CARD_NAME = "README.md"
 SYNTH_STATE = ".dfkd_synth.json"  #: the config fingerprint the shards were made with (hidden: not uploaded)
+HASH_SUFFIX = ".sha256"  #: ``data/.NAME.sha256``: the shard's content hash, recorded at its commit (hidden)
 
 #: column -> meaning (also rendered into the dataset card)
 COLUMNS = {
@@ -73,3 +78,68 @@ def check_columns(column_names: Sequence[str], where: str) -> None:
     missing = [c for c in COLUMNS if c not in column_names]
     if missing:
         raise UserError(f"dataset '{where}' lacks column(s) {', '.join(missing)}; it was not written by `dfkd synth`")
+
+
+# -- integrity: a shard counts only when its bytes hash to what was recorded when it was committed --------------
+
+_HASHED: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's sha256, remembered in this process for as long as its inode, size, mtime and ctime stay the same
+    (a write changes ctime, which no one can set back: a file changed since it was hashed is hashed again)."""
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _HASHED:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
+
+
+def hash_record(shard: Path) -> Path:
+    """The hidden file beside ``shard`` that holds its content hash (``datasets`` and Hub uploads skip it)."""
+    return shard.with_name(f".{shard.name}{HASH_SUFFIX}")
+
+
+def record_hash(shard: Path, sha256: str) -> None:
+    """Record ``shard``'s hash: written after the shard is in place, so this file is the last step of the commit."""
+    from dfkd.runtime import atomic_write
+
+    atomic_write(hash_record(shard), sha256 + "\n")
+
+
+def verified_hash(shard: Path) -> str | None:
+    """``shard``'s sha256 when it exists and matches its record; None when it is missing, unrecorded or damaged."""
+    record = hash_record(shard)
+    try:
+        expected = record.read_text(encoding="utf-8").strip()
+        return expected if shard.is_file() and file_sha256(shard) == expected else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def verify_dataset(dataset_dir: Path) -> dict[str, str]:
+    """``{shard name: sha256}`` of every shard in ``dataset_dir/data``, each checked against the hash recorded when it
+    was committed. A folder with no records at all (a dataset downloaded from the Hub, where they are not uploaded)
+    is hashed as it is. A damaged or unrecorded shard is a UserError: re-running ``dfkd synth`` remakes it."""
+    shards = sorted((Path(dataset_dir) / DATA_DIR).glob("*.parquet"))
+    if not any(hash_record(p).is_file() for p in shards):
+        return {p.name: file_sha256(p) for p in shards}
+    out = {}
+    for p in shards:
+        sha = verified_hash(p)
+        if sha is None:
+            state = "damaged (its bytes differ from the hash recorded when it was written)" if hash_record(p).is_file() \
+                else "not finished (no content hash was recorded for it)"
+            raise UserError(f"shard '{p}' is {state}; run `dfkd synth` with the config that made the dataset "
+                            "to remake it")
+        out[p.name] = sha
+    return out
+
+
+def content_id(hashes: dict[str, str]) -> str:
+    """A short id of a dataset's exact content, from :func:`verify_dataset`."""
+    return hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()[:16]

@@ -116,7 +116,7 @@ def write_synthetic_dataset(folder: str | Path, classes: Sequence[str], *, per_c
     ``folder/data``): toy images of every class in mixed styles, JPEG bytes at ``size`` px."""
     import datasets
 
-    from dfkd.schema import DATA_DIR, features
+    from dfkd.schema import DATA_DIR, features, file_sha256, record_hash
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -132,7 +132,9 @@ def write_synthetic_dataset(folder: str | Path, classes: Sequence[str], *, per_c
     data = Path(folder) / DATA_DIR
     data.mkdir(parents=True, exist_ok=True)
     for k, start in enumerate(range(0, len(ds), shard_size)):
-        ds.select(range(start, min(start + shard_size, len(ds)))).to_parquet(str(data / f"train-{k:05d}.parquet"))
+        shard = data / f"train-{k:05d}.parquet"
+        ds.select(range(start, min(start + shard_size, len(ds)))).to_parquet(str(shard))
+        record_hash(shard, file_sha256(shard))  # committed as `dfkd synth` commits its shards
     return Path(folder)
 
 

@@ -70,24 +70,25 @@ def center_square(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_synthetic(path: str | Path, classes: Sequence[str]):
-    """The synthetic ``datasets.Dataset`` at ``path`` (its image column left undecoded); contract-checked."""
+    """The synthetic ``datasets.Dataset`` at ``path`` (its image column left undecoded); contract-checked.
+
+    Every shard is first checked against the content hash recorded when it was written
+    (:func:`dfkd.schema.verify_dataset`); the rows come from those verified bytes, through an Arrow copy named by
+    the shard's hash (:func:`arrow_copy`), never from a cache keyed by the folder's name.
+    """
     import datasets
 
-    from dfkd.schema import DATA_DIR, check_classes, check_columns
+    from dfkd.schema import DATA_DIR, check_classes, check_columns, verify_dataset
 
     path = Path(path)
     if not (path / DATA_DIR).is_dir():
         raise UserError(f"no synthetic dataset at '{path}' (no {DATA_DIR}/ folder); run `dfkd synth` with this config "
                         "first or point distill.dataset at one")
-    was_disabled, verbosity = datasets.utils.are_progress_bars_disabled(), datasets.logging.get_verbosity()
-    datasets.disable_progress_bars()  # our own progress bar is the one that matters
-    datasets.logging.set_verbosity_error()
-    try:
-        ds = datasets.load_dataset(str(path), split="train")
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-        if not was_disabled:
-            datasets.enable_progress_bars()
+    hashes = verify_dataset(path)
+    if not hashes:
+        raise UserError(f"dataset '{path}' is empty; run `dfkd synth` again")
+    parts = [datasets.Dataset.from_file(str(arrow_copy(path / DATA_DIR / name, sha))) for name, sha in hashes.items()]
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     check_columns(ds.column_names, str(path))
     names = getattr(ds.features["label"], "names", None)
     if names is None:
@@ -96,6 +97,31 @@ def load_synthetic(path: str | Path, classes: Sequence[str]):
     if len(ds) == 0:
         raise UserError(f"dataset '{path}' is empty; run `dfkd synth` again")
     return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def arrow_copy(shard: Path, sha256: str) -> Path:
+    """A memory-mappable Arrow copy of the parquet ``shard`` whose bytes hash to ``sha256``, in the ``datasets``
+    cache under that hash: content-addressed, so it can never be stale (written once, atomically)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dfkd.runtime import atomic_path
+
+    target = Path(datasets.config.HF_DATASETS_CACHE) / "dfkd-shards" / f"{sha256}.arrow"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        reader = pq.ParquetFile(shard)
+        with atomic_path(target) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_stream(sink, reader.schema_arrow) as writer:
+            for batch in reader.iter_batches(batch_size=256):
+                writer.write_batch(batch)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"shard '{shard}' cannot be read ({type(exc).__name__}: {str(exc)[:120]}); run `dfkd synth` "
+                        "with the config that made the dataset to remake it") from exc
+    return target
 
 
 class ArrowImages(torch.utils.data.Dataset):

@@ -23,18 +23,21 @@ STATE_NAME = schema.SYNTH_STATE
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Shard ``shard_id`` holds ``keys`` = ``[(label, index), ...]`` in generation order."""
+    """Shard ``shard_id`` holds ``keys`` = ``[(label, index), ...]`` in generation order, made under the config
+    :func:`fingerprint` ``fingerprint``."""
 
     shard_id: int
     keys: tuple[tuple[int, int], ...]
+    fingerprint: str = ""
 
     @property
     def name(self) -> str:
         return f"train-{self.shard_id:05d}.parquet"
 
     def tag(self) -> str:
-        """Identity of the planned content, stored in the shard's metadata and checked on resume."""
-        return hashlib.sha256(json.dumps(self.keys).encode()).hexdigest()[:16]
+        """Identity of the planned content (keys and config fingerprint), stored in the shard's metadata and checked
+        on resume: a shard of another config is never counted as done."""
+        return hashlib.sha256(json.dumps([self.fingerprint, self.keys]).encode()).hexdigest()[:16]
 
     def batches(self, batch_size: int) -> list[tuple[tuple[int, int], ...]]:
         return [self.keys[i:i + batch_size] for i in range(0, len(self.keys), batch_size)]
@@ -50,10 +53,11 @@ def check_plan_size(cfg) -> None:
                         "synth.max_images if you mean it")
 
 
-def plan_shards(num_classes: int, images_per_class: int, shard_size: int) -> list[ShardSpec]:
-    """All shards of a dataset of ``num_classes * images_per_class`` images."""
+def plan_shards(num_classes: int, images_per_class: int, shard_size: int, fingerprint: str = "") -> list[ShardSpec]:
+    """All shards of a dataset of ``num_classes * images_per_class`` images (made under ``fingerprint``)."""
     keys = [(label, index) for index in range(images_per_class) for label in range(num_classes)]
-    return [ShardSpec(k, tuple(keys[s:s + shard_size])) for k, s in enumerate(range(0, len(keys), shard_size))]
+    return [ShardSpec(k, tuple(keys[s:s + shard_size]), fingerprint)
+            for k, s in enumerate(range(0, len(keys), shard_size))]
 
 
 # Config fields whose change alters finished rows. Absent on purpose: images_per_class (growing a
@@ -97,13 +101,15 @@ def check_or_write_state(dataset_dir: Path, cfg, overwrite: bool, *, write: bool
     Otherwise writes the state file for this config (when ``write``: the main process).
     """
     path = dataset_dir / STATE_NAME
-    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    has_shards = any((dataset_dir / "data").glob("*.parquet"))  # a run that failed before any image: no conflict
-    if has_shards and (old is None or old.get("fingerprint") != fingerprint(cfg)):
+    old = read_state(path)
+    shards = sorted((dataset_dir / "data").glob("*.parquet"))  # none: a run that failed before any image, no conflict
+    if old is None and path.exists() and _tags_match(shards, cfg):
+        old = {"fingerprint": fingerprint(cfg)}  # a damaged state file over this config's shards: written anew
+    if shards and (old is None or old.get("fingerprint") != fingerprint(cfg)):
         if overwrite:
             return True
         if old is None:
-            raise UserError(f"'{dataset_dir}' holds parquet shards not written by this tool; "
+            raise UserError(f"'{dataset_dir}' holds parquet shards not written by this tool with this config; "
                             "use another output_dir or pass synth.overwrite=true to start over")
         changed = ", ".join(_diff(old.get("fields", {}), fingerprint_fields(cfg))[:4]) or "unknown fields"
         raise UserError(
@@ -113,6 +119,25 @@ def check_or_write_state(dataset_dir: Path, cfg, overwrite: bool, *, write: bool
     if write:
         write_state(dataset_dir, cfg)
     return False
+
+
+def _tags_match(shards: list[Path], cfg) -> bool:
+    """Every shard carries the tag this config plans for its name."""
+    from .writer import shard_tag
+
+    tags = {s.name: s.tag() for s in plan_shards(len(cfg.classes), cfg.synth.images_per_class, cfg.synth.shard_size,
+                                                  fingerprint(cfg))}
+    return all(tags.get(p.name) == shard_tag(p) for p in shards)
+
+
+def read_state(path: Path) -> dict | None:
+    """The state file's content; None when it is missing or damaged (a damaged one is written anew when every shard's
+    tag, which holds the config fingerprint, shows that they are this config's)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def write_state(dataset_dir: Path, cfg) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass, field, replace
@@ -22,7 +23,7 @@ from prompts.methods import create_prompt_method, preflight_prompt_method
 from prompts.teacher import load_teacher
 
 from .backends import Backend, get_backend
-from .plan import ShardSpec, check_or_write_state, check_plan_size, plan_shards, write_state
+from .plan import ShardSpec, check_or_write_state, check_plan_size, fingerprint, plan_shards, write_state
 from .writer import DatasetWriter, done_shards, remove_stale, to_uint8
 
 
@@ -53,7 +54,7 @@ def synthesize(cfg, *, state=None) -> SynthResult:
     # 1. check inputs that need no model: backend and prompt method, output folder, the shard plan
     backend_cls = check_settings(cfg)
     preflight_prompt_method(cfg.prompts, cfg.out)
-    specs = plan_shards(len(cfg.classes), s.images_per_class, s.shard_size)
+    specs = plan_shards(len(cfg.classes), s.images_per_class, s.shard_size, fingerprint(cfg))
     prepare_output(dataset_dir, cfg, specs, main=state.is_main_process)
     write_resolved_config(cfg)  # only once the inputs are accepted: a refused run leaves the folder as it was
     state.wait_for_everyone()
@@ -68,7 +69,11 @@ def synthesize(cfg, *, state=None) -> SynthResult:
                                   run_dir=cfg.out)
 
     # 4. this process's share of the pending shards (listed by everyone before anyone writes)
-    done = done_shards(dataset_dir / schema.DATA_DIR, specs)
+    damaged: list[str] = []
+    done = done_shards(dataset_dir / schema.DATA_DIR, specs, damaged)
+    if damaged and state.is_main_process:
+        print(f"dfkd synth: {len(damaged)} shard(s) damaged since they were written ({', '.join(damaged[:3])}"
+              f"{', ...' if len(damaged) > 3 else ''}); making them again", file=sys.stderr)
     pending = [sp for sp in specs if sp.shard_id not in done]
     state.wait_for_everyone()
     with state.split_between_processes(pending) as mine:

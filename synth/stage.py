@@ -10,7 +10,7 @@ from dfkd.stage import Stage
 
 from .cli import main
 from .config import SynthExperiment
-from .plan import check_or_write_state, plan_shards
+from .plan import check_or_write_state, fingerprint, plan_shards
 from .run import check_settings
 from .writer import done_shards
 
@@ -22,7 +22,7 @@ def dataset_is_complete(cfg: SynthExperiment) -> bool:
     if not (dataset_dir / schema.CARD_NAME).is_file() or cfg.synth.overwrite:
         return False
     check_or_write_state(dataset_dir, cfg, False, write=False)
-    specs = plan_shards(len(cfg.classes), cfg.synth.images_per_class, cfg.synth.shard_size)
+    specs = plan_shards(len(cfg.classes), cfg.synth.images_per_class, cfg.synth.shard_size, fingerprint(cfg))
     return len(done_shards(dataset_dir / schema.DATA_DIR, specs)) == len(specs)
 
 

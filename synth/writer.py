@@ -4,7 +4,9 @@ generator's critical path.
 Images are resized to ``synth.store_resolution`` on the generator's device (one batched call), then
 JPEG/PNG-encoded by a thread pool (Pillow releases the GIL while encoding) while the generator
 works on the next batch; a single I/O thread assembles each shard and commits it with
-write-to-temp + ``os.replace``, so a killed run leaves either a whole shard or none.
+write-to-temp + ``os.replace``, then records its sha256 beside it (``data/.NAME.sha256``): a killed run leaves
+a whole, recorded shard or one that is made again, and resume and distill trust only shards whose bytes still
+match their record.
 """
 
 from __future__ import annotations
@@ -66,17 +68,31 @@ def shard_info(path: Path) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def done_shards(data_dir: Path, specs: Sequence[ShardSpec]) -> set[int]:
-    """Ids of the planned shards already committed with exactly their planned keys."""
-    return {s.shard_id for s in specs if (data_dir / s.name).is_file() and shard_tag(data_dir / s.name) == s.tag()}
+def done_shards(data_dir: Path, specs: Sequence[ShardSpec], damaged: list[str] | None = None) -> set[int]:
+    """Ids of the planned shards already committed with exactly their planned tag (keys and config fingerprint)
+    and whose bytes match the hash recorded at their commit. Names of shards present but damaged (bytes, or
+    the record, not what was committed) are appended to ``damaged``: they are made again."""
+    done = set()
+    for s in specs:
+        path = data_dir / s.name
+        if not path.is_file():
+            continue
+        if schema.verified_hash(path) is None:
+            if damaged is not None and schema.hash_record(path).is_file():
+                damaged.append(s.name)
+        elif shard_tag(path) == s.tag():
+            done.add(s.shard_id)
+    return done
 
 
 def remove_stale(data_dir: Path, specs: Sequence[ShardSpec]) -> list[str]:
-    """Delete temp files of killed runs and shards outside the plan (``images_per_class`` shrank)."""
-    planned = {s.name for s in specs}
+    """Delete temp files of killed runs, and shards outside the plan (``images_per_class`` shrank) with their
+    hash records."""
+    planned = {s.name for s in specs} | {schema.hash_record(data_dir / s.name).name for s in specs}
     removed = []
     for path in sorted(data_dir.glob("*")) if data_dir.is_dir() else []:
-        if path.name.startswith(TMP_PREFIX) or (path.suffix == ".parquet" and path.name not in planned):
+        if path.name.startswith(TMP_PREFIX) or path.suffix == ".tmp" or (path.suffix in (".parquet", schema.HASH_SUFFIX)
+                                                and path.name not in planned):
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed
@@ -118,7 +134,9 @@ class DatasetWriter:
         final = self.data_dir / spec.name
         tmp = self.data_dir / f"{TMP_PREFIX}{os.getpid()}-{spec.name}"
         pq.write_table(table, tmp)
-        os.replace(tmp, final)  # the commit: a whole shard or nothing
+        sha = schema.file_sha256(tmp)
+        os.replace(tmp, final)  # a whole shard or nothing ...
+        schema.record_hash(final, sha)  # ... and it counts once its hash is recorded: the commit
         return final
 
     def close(self) -> None:

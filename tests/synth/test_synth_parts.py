@@ -40,18 +40,50 @@ def _rows(spec, writer):
 def test_writer_commits_whole_shards_and_resume_sees_them(tmp_path):
     import datasets
 
-    specs = plan_shards(2, 3, 4)
+    from dfkd.schema import file_sha256
+
+    specs = plan_shards(2, 3, 4, "fp-a")
     with DatasetWriter(tmp_path, ["a", "b"], store_resolution=8) as w:
         w.write_shard(specs[0], _rows(specs[0], w), {"dropped": 0})
-    assert done_shards(tmp_path / "data", specs) == {0}
-    assert [p.name for p in (tmp_path / "data").iterdir()] == ["train-00000.parquet"]
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "data" / "*.parquet"), split="train")
+    data = tmp_path / "data"
+    assert done_shards(data, specs) == {0}
+    assert sorted(p.name for p in data.iterdir()) == [".train-00000.parquet.sha256", "train-00000.parquet"]
+    assert (data / ".train-00000.parquet.sha256").read_text().strip() == file_sha256(data / "train-00000.parquet")
+    ds = datasets.load_dataset("parquet", data_files=str(data / "*.parquet"), split="train")
     assert ds.features["label"].names == ["a", "b"] and len(ds) == 4
-    # a shard planned with other keys (the plan grew) is not "done"
-    assert done_shards(tmp_path / "data", plan_shards(2, 3, 3)) == set()
-    (tmp_path / "data" / ".tmp-9-train-00001.parquet").write_bytes(b"x")
-    (tmp_path / "data" / "train-00007.parquet").write_bytes(b"x")
-    assert remove_stale(tmp_path / "data", specs) == [".tmp-9-train-00001.parquet", "train-00007.parquet"]
+    # a shard planned with other keys (the plan grew), or under another config's fingerprint, is not "done"
+    assert done_shards(data, plan_shards(2, 3, 3, "fp-a")) == set()
+    assert done_shards(data, plan_shards(2, 3, 4, "fp-b")) == set()
+    (data / ".tmp-9-train-00001.parquet").write_bytes(b"x")
+    (data / "..train-00001.parquet.sha256.9.tmp").write_bytes(b"x")
+    (data / "train-00007.parquet").write_bytes(b"x")
+    (data / ".train-00007.parquet.sha256").write_text("0" * 64)
+    assert remove_stale(data, specs) == ["..train-00001.parquet.sha256.9.tmp", ".tmp-9-train-00001.parquet",
+                                         ".train-00007.parquet.sha256", "train-00007.parquet"]
+    assert sorted(p.name for p in data.iterdir()) == [".train-00000.parquet.sha256", "train-00000.parquet"]
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "no record", "torn record"])
+def test_a_shard_whose_bytes_differ_from_its_commit_record_is_not_done(tmp_path, damage):
+    """A shard counts as done only when its bytes hash to what was recorded at its commit: data pages corrupted
+    under an intact footer, a truncated file, a kill between the shard and its record, a torn record."""
+    specs = plan_shards(2, 3, 4, "fp")
+    with DatasetWriter(tmp_path, ["a", "b"], store_resolution=8) as w:
+        w.write_shard(specs[0], _rows(specs[0], w))
+    shard, record = tmp_path / "data" / "train-00000.parquet", tmp_path / "data" / ".train-00000.parquet.sha256"
+    raw = shard.read_bytes()
+    if damage == "flip a byte":
+        mid = len(raw) // 3  # inside the data pages: the footer (schema, tag) still reads
+        shard.write_bytes(raw[:mid] + bytes([raw[mid] ^ 0xFF]) + raw[mid + 1:])
+    elif damage == "truncate":
+        shard.write_bytes(raw[: len(raw) // 2])
+    elif damage == "no record":
+        record.unlink()
+    else:
+        record.write_text(record.read_text()[:10])
+    found: list[str] = []
+    assert done_shards(tmp_path / "data", specs, found) == set()
+    assert found == ([] if damage == "no record" else ["train-00000.parquet"])
 
 
 def test_diversity_scores():
