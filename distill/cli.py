@@ -57,7 +57,7 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
     from prompts.teacher import load_teacher
 
     from .data import read_real
-    from .evaluate import Evaluator, write_eval
+    from .evaluate import Evaluator, eval_fingerprint, write_eval
     from .export import load_student
     from .teacher import DistillTeacher
 
@@ -77,5 +77,6 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
     evaluator = Evaluator(teacher, student.model, student.pre, e, accelerator, cfg.distill.num_workers)
     result = evaluator.run(domains)
     if accelerator.is_main_process:
-        write_eval(result, cfg.out, {"data": e.data, "student": str(student_dir), "teacher": cfg.teacher.model})
+        write_eval(result, cfg.out, {"data": e.data, "student": str(student_dir), "teacher": cfg.teacher.model,
+                                     "fingerprint": eval_fingerprint(cfg, student_dir)})
     return result

@@ -19,6 +19,7 @@ from torch import nn
 
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_folder
+from dfkd.schema import file_sha256
 
 from .augment import normalize, resize_center_crop
 from .config import DistillExperiment
@@ -27,6 +28,7 @@ from .students import DistillStudent, Preprocessing, create_student
 STUDENT_DIR = "student"  #: the exported student's folder in OUTPUT_DIR
 WEIGHTS_NAME = "model.safetensors"
 HEAD_NAME = "emb_head.safetensors"
+CHECKSUMS_NAME = ".dfkd_sha256.json"  #: sha256 of every other file of the export, written last
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -81,6 +83,23 @@ def export_student(model: DistillStudent, folder: str | Path, meta: dict[str, An
         if model.head is not None:
             save_file(_state(model.head), str(tmp / HEAD_NAME))
         (tmp / "README.md").write_text(model_card(meta, metrics))
+        sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / CHECKSUMS_NAME).write_text(json.dumps(sums, indent=1))
+
+
+def damaged_files(folder: str | Path) -> list[str] | None:
+    """Files of an exported student whose bytes differ from the sha256 recorded at export (missing ones included);
+    None when the folder has no record (exported by an older version, or downloaded from the Hub)."""
+    folder = Path(folder)
+    try:
+        sums = json.loads((folder / CHECKSUMS_NAME).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return [CHECKSUMS_NAME]
+    if not isinstance(sums, dict):
+        return [CHECKSUMS_NAME]
+    return [n for n, sha in sums.items() if not (folder / n).is_file() or file_sha256(folder / n) != sha]
 
 
 def model_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
@@ -176,6 +195,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu", trust_cod
     and calling the code its ``config.json`` names, so that happens only when the caller trusts it:
     ``trust_code=True``, or ``trust_code="module:attr"`` for exactly that factory.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .students import STUDENTS
@@ -184,20 +204,32 @@ def load_student(path: str | Path, device: str | torch.device = "cpu", trust_cod
     if not (path / "config.json").is_file() or not (path / WEIGHTS_NAME).is_file():
         raise UserError(f"no exported student at '{path}' (config.json + {WEIGHTS_NAME}); run `dfkd distill` first "
                         "or set eval.student")
-    config = json.loads((path / "config.json").read_text())
-    meta = config.get("dfkd", {})
+    damaged = damaged_files(path)
+    if damaged:
+        raise UserError(f"the student at '{path}' is damaged ({', '.join(damaged[:3])} differ from what was exported); "
+                        "export it again: `dfkd distill` with its config resumes from the last checkpoint")
+    try:
+        config = json.loads((path / "config.json").read_text())
+        meta = config.get("dfkd", {})
+    except (ValueError, AttributeError) as exc:
+        raise UserError(f"the student at '{path}' has an unreadable config.json ({type(exc).__name__}); export it "
+                        "again with `dfkd distill`") from exc
     classes = list(config.get("label_names") or meta.get("classes"))
     name = meta.get("student", config["architecture"])
     if ":" in name and name not in STUDENTS and trust_code not in (True, name):
         raise UserError(f"the student at '{path}' is built by the code it names ('{name}'), which is imported only "
                         "when you trust it: load_student(path, trust_code=True)")
     model, _ = create_student(name, len(classes), meta.get("student_kwargs"))
-    model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
-    head = None
-    if (path / HEAD_NAME).is_file():
-        weights = load_file(str(path / HEAD_NAME))
-        head = nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0])
-        head.load_state_dict(weights)
+    try:
+        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        head = None
+        if (path / HEAD_NAME).is_file():
+            weights = load_file(str(path / HEAD_NAME))
+            head = nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0])
+            head.load_state_dict(weights)
+    except (OSError, RuntimeError, KeyError, SafetensorError) as exc:
+        raise UserError(f"the weights of the student at '{path}' do not load into '{name}' ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:100]}); export it again with `dfkd distill`") from exc
     p = meta.get("preprocessing") or {}
     pcfg = config.get("pretrained_cfg", {})
     pre = Preprocessing(int(p.get("input_size") or pcfg["input_size"][-1]), tuple(p.get("mean") or pcfg["mean"]),

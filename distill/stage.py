@@ -12,7 +12,8 @@ from dfkd.stage import Stage
 
 from .cli import report_eval_files, run_evaluation, train_and_report
 from .config import DistillExperiment
-from .export import STUDENT_DIR, WEIGHTS_NAME
+from .evaluate import eval_fingerprint
+from .export import STUDENT_DIR, WEIGHTS_NAME, damaged_files
 from .trainer import find_resume_dir, fingerprint, preflight, same_fingerprint, synthetic_dir
 
 
@@ -20,19 +21,27 @@ def student_is_current(cfg: DistillExperiment) -> bool:
     """True when ``OUTPUT_DIR/student`` holds a student exported under this config's fingerprint (its distill settings,
     teacher, classes and seed, and the synthetic data when that is on disk: :func:`distill.trainer.fingerprint`)."""
     config = cfg.out / STUDENT_DIR / "config.json"
-    if not config.is_file() or not (config.parent / WEIGHTS_NAME).is_file():
-        return False
-    meta = json.loads(config.read_text()).get("dfkd", {})
+    if not config.is_file() or not (config.parent / WEIGHTS_NAME).is_file() or damaged_files(config.parent) != []:
+        return False  # absent, damaged, or without checksums: export it again (from the last checkpoint)
+    try:
+        meta = json.loads(config.read_text()).get("dfkd", {})
+    except (ValueError, AttributeError):
+        return False  # a damaged export: train (or resume) and export again
     return same_fingerprint(meta.get("fingerprint"), fingerprint(cfg, synthetic_dir(cfg)))
 
 
 def eval_is_current(cfg: DistillExperiment) -> bool:
-    """True when ``OUTPUT_DIR/eval.json`` scores ``eval.data`` and is not older than the student it scored."""
+    """True when ``OUTPUT_DIR/eval.json`` was written under this config's :func:`distill.evaluate.eval_fingerprint`
+    (the same student weights, evaluation data and settings)."""
     path = cfg.out / "eval.json"
-    student = cfg.out / STUDENT_DIR / WEIGHTS_NAME
-    if not path.is_file() or not student.is_file() or path.stat().st_mtime < student.stat().st_mtime:
+    student = Path(cfg.eval.student) if cfg.eval.student else cfg.out / STUDENT_DIR
+    if not path.is_file() or not (student / WEIGHTS_NAME).is_file():
         return False
-    return json.loads(path.read_text()).get("data") == cfg.eval.data
+    try:
+        recorded = json.loads(path.read_text()).get("fingerprint")
+    except (ValueError, AttributeError):
+        return False  # torn or foreign: evaluate again
+    return recorded == eval_fingerprint(cfg, student)
 
 
 class DistillStage(Stage):

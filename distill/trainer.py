@@ -30,7 +30,7 @@ import torch
 from dfkd.configtools import write_resolved_config
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_write, is_main_process, multi_process_cpu
-from dfkd.schema import DATA_DIR, DATASET_DIR, SYNTH_STATE
+from dfkd.schema import DATA_DIR, DATASET_DIR, content_id, file_sha256, verify_dataset
 
 from .augment import step_generator
 from .config import DistillExperiment
@@ -94,11 +94,15 @@ def checkpoint_step(path: Path) -> int:
 
 def read_state(checkpoint: Path) -> dict | None:
     """The trainer state of ``checkpoint`` (written last, so its presence marks a complete checkpoint), or None
-    when it is missing or damaged."""
+    when it is missing or damaged, or when a file of the checkpoint no longer has the sha256 it records (model,
+    optimiser and RNG states: Accelerate would fail on some and silently skip others)."""
     try:
         state = json.loads((checkpoint / STATE_FILE).read_text())
-        return state if isinstance(state, dict) and isinstance(state.get("step"), int) else None
-    except (OSError, ValueError):
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            return None
+        files = state.get("files", {})  # absent in checkpoints written before hashes were recorded
+        return state if all(file_sha256(checkpoint / name) == sha for name, sha in files.items()) else None
+    except (OSError, ValueError, AttributeError):
         return None
 
 
@@ -124,16 +128,14 @@ def synthetic_dir(cfg: DistillExperiment) -> Path:
 
 def fingerprint(cfg: DistillExperiment, dataset_dir: Path | None = None) -> dict[str, str]:
     """What decides the trained student: ``settings`` (the distill section but its bookkeeping, the teacher section,
-    classes, seed) and, given ``dataset_dir``, ``dataset`` (its shard files, and the synth state that made them)."""
+    classes, seed) and, given ``dataset_dir``, ``dataset`` (the content id of its verified shards)."""
     def digest(value) -> str:
         return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     distill = {k: v for k, v in asdict(cfg.distill).items() if k not in _BOOKKEEPING}
     fp = {"settings": digest([distill, asdict(cfg.teacher), list(cfg.classes), cfg.seed])}
     if dataset_dir is not None and (dataset_dir / DATA_DIR).is_dir():
-        state = dataset_dir / SYNTH_STATE
-        files = [[p.name, p.stat().st_size] for p in sorted((dataset_dir / DATA_DIR).glob("*.parquet"))]
-        fp["dataset"] = digest([files, state.read_text() if state.is_file() else ""])
+        fp["dataset"] = content_id(verify_dataset(dataset_dir))
     return fp
 
 
@@ -269,8 +271,11 @@ def save_checkpoint(run: Run, step: int) -> Path:
     cfg, accelerator = run.cfg, run.accelerator
     path = cfg.out / CHECKPOINTS_DIR / f"checkpoint-{step}"
     accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()  # every rank's RNG state is on disk before the main process hashes the folder
     if accelerator.is_main_process:
-        state = {"step": step, "scheduler": run.scheduler.state_dict(), "fingerprint": run.fingerprint}
+        files = {f.relative_to(path).as_posix(): file_sha256(f) for f in sorted(path.rglob("*")) if f.is_file()
+                 and f.name != STATE_FILE}
+        state = {"step": step, "scheduler": run.scheduler.state_dict(), "fingerprint": run.fingerprint, "files": files}
         atomic_write(path / STATE_FILE, json.dumps(state))
         for old in list_checkpoints(cfg.out)[:-cfg.distill.checkpoints_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
@@ -281,7 +286,17 @@ def save_checkpoint(run: Run, step: int) -> Path:
 def load_checkpoint(accelerator, path: Path, scheduler) -> int:
     """Restore model, optimiser, RNG (Accelerate reads them weights-only) and schedule states; returns the optimiser
     step to continue from."""
-    accelerator.load_state(str(path))
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        accelerator.load_state(str(path))
+    except (pickle.UnpicklingError, SafetensorError, RuntimeError, EOFError, ValueError) as exc:
+        detail = "a file holds more than tensors and numbers, which is never unpickled" \
+            if isinstance(exc, pickle.UnpicklingError) else f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+        raise UserError(f"checkpoint '{path}' does not load into this run ({detail}); resume another checkpoint, or "
+                        "pass distill.overwrite=true to start over") from exc
     state = read_state(path)
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
@@ -418,7 +433,7 @@ def _log_eval(run: Run, step: int, with_teacher: bool = True) -> dict[str, Any]:
 
 def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
     """Step 8: final checkpoint, evaluation on real data, export (and Hub upload) of the student."""
-    from .evaluate import write_eval
+    from .evaluate import eval_fingerprint, write_eval
     from .export import dataset_provenance, export_student, push_student, student_meta
 
     cfg, acc, d = run.cfg, run.accelerator, run.cfg.distill
@@ -435,7 +450,8 @@ def finish(run: Run, step: int) -> tuple[Path, dict[str, Any] | None]:
                             processes=acc.num_processes, fingerprint=run.fingerprint)
         export_student(acc.unwrap_model(run.model), student_dir, meta, metrics=result)
         if result is not None:  # after the export: eval.json is newer than the student it scored
-            write_eval(result, cfg.out, {"data": cfg.eval.data, "student": str(student_dir), "teacher": cfg.teacher.model})
+            write_eval(result, cfg.out, {"data": cfg.eval.data, "student": str(student_dir), "teacher": cfg.teacher.model,
+                                         "fingerprint": eval_fingerprint(cfg, student_dir)})
         if d.push_to_hub:
             acc.print(f"dfkd distill: pushed the student to {push_student(student_dir, d.hub_repo, d.hub_private)}")
     acc.wait_for_everyone()

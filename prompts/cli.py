@@ -8,6 +8,7 @@ text-level diversity and class consistency, and writes ``OUTPUT_DIR/prompts/show
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from .contrastive import (
     bank_dir,
     learn_fingerprint,
     learn_styles,
+    read_bank_meta,
     save_style_bank,
 )
 from .encoder import StyleTextEncoder
@@ -42,11 +44,14 @@ def load_prompt_encoder(cfg: PromptsExperiment) -> StyleTextEncoder:
 
 # ---------------------------------------------------------------------------------------------- learn
 def _finished(folder: Path, fingerprint: dict) -> bool:
-    """True when a bank with this fingerprint exists; a bank learned with other settings is an error."""
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
+    """True when a bank with this fingerprint exists, whole; a damaged one is learned again, one learned with other
+    settings is an error."""
+    if not (folder / META_FILE).is_file():
         return False
-    if json.loads(meta_path.read_text("utf-8")).get("fingerprint") != fingerprint:
+    meta = read_bank_meta(folder)
+    if meta is None:
+        return False
+    if meta.get("fingerprint") != fingerprint:
         raise UserError(f"{folder} already holds styles learned with other settings (classes, encoder, seed or "
                         "prompts.contrastive); use another output_dir or delete that folder to re-learn")
     return True
@@ -73,6 +78,8 @@ def learn(cfg: PromptsExperiment, args=None) -> int:
     if _finished(folder, fingerprint):
         print(f"Contrastive-Prompt styles already learned in {folder}; skipping (delete it to re-learn)")
         return 0
+    if (folder / META_FILE).is_file():
+        print(f"dfkd prompts: the learned styles in {folder} are damaged; learning them again", file=sys.stderr)
     # 2. load the frozen text encoder and learn (resuming from the checkpoint, if any)
     encoder = load_prompt_encoder(cfg)
     learner = ContrastiveLearner(encoder, cfg.classes, cfg.prompts, cfg.seed)

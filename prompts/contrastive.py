@@ -75,16 +75,32 @@ def load_style_bank(run_dir: str | Path, encoder: StyleTextEncoder | None = None
     if not path.is_file() or not meta_path.is_file():
         raise UserError(f"no learned Contrastive-Prompt styles in {folder}; run `dfkd prompts learn --config ...` "
                         "with the same output_dir first")
-    meta = json.loads(meta_path.read_text("utf-8"))
+    meta = read_bank_meta(folder)
+    if meta is None:
+        raise UserError(f"the learned Contrastive-Prompt styles in {folder} are damaged (they differ from what was "
+                        "written); run `dfkd prompts learn` with the same config to learn them again")
     bank = StyleBank(load_file(str(path))["styles"].float(), meta, path)
     if encoder is not None:
         encoder.check_styles(StyleVectors(bank.vectors, bank.identity))
     return bank
 
 
+def read_bank_meta(folder: Path) -> dict | None:
+    """``meta.json`` of a finished bank when it reads and the styles file still hashes to the sha256 it records;
+    None when either is missing or damaged (a bank from before hashes were recorded counts as damaged)."""
+    from dfkd.schema import file_sha256
+
+    try:
+        meta = json.loads((folder / META_FILE).read_text("utf-8"))
+        ok = isinstance(meta, dict) and meta.get("styles_sha256") == file_sha256(folder / STYLES_FILE)
+    except (OSError, ValueError):
+        return None
+    return meta if ok else None
+
+
 def save_style_bank(folder: Path, vectors: torch.Tensor, meta: dict) -> Path:
-    """Write ``styles.safetensors`` then ``meta.json`` atomically; the JSON is written last, so its
-    presence marks a finished bank."""
+    """Write ``styles.safetensors`` then ``meta.json`` (with the styles file's sha256) atomically; the JSON is written
+    last, so its presence, with a matching hash, marks a finished bank."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,6 +108,9 @@ def save_style_bank(folder: Path, vectors: torch.Tensor, meta: dict) -> Path:
         save_file({"styles": vectors.detach().float().cpu().contiguous()}, str(tmp), metadata={
             "encoder_model_id": meta["encoder"]["model_id"], "embedding_dim": str(meta["encoder"]["embedding_dim"]),
             "seed": str(meta["seed"]), "template": meta["template"]})
+    from dfkd.schema import file_sha256
+
+    meta = {**meta, "styles_sha256": file_sha256(folder / STYLES_FILE)}
     atomic_write(folder / META_FILE, json.dumps(meta, indent=1))
     return folder / STYLES_FILE
 

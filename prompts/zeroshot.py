@@ -69,18 +69,30 @@ def _model_fingerprint(model_id: str) -> str:
 def build_zero_shot_head(model: nn.Module, encoder: StyleTextEncoder, classes: Sequence[str],
                          templates: Sequence[str], cache_dir: str | Path | None = None) -> ZeroShotHead:
     """The zero-shot head of CLIP ``model`` for ``classes``, cached per (model, classes, templates)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import save_file
 
     logit_scale = float(model.logit_scale.detach().exp().item()) if hasattr(model, "logit_scale") else 100.0
     key = hashlib.sha256(json.dumps([_model_fingerprint(encoder.identity.model_id), list(classes), list(templates)])
                          .encode()).hexdigest()[:24]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"zeroshot-{key}.safetensors"
+    def digest(w: torch.Tensor) -> str:
+        return hashlib.sha256(w.float().contiguous().numpy().tobytes()).hexdigest()
+
+    weights = None
     if path.is_file():
-        weights = load_file(str(path))["weights"]
-    else:
+        try:
+            with safe_open(str(path), "pt") as f:
+                weights, recorded = f.get_tensor("weights"), (f.metadata() or {}).get("sha256")
+        except (SafetensorError, OSError):
+            recorded = None
+        if weights is not None and recorded != digest(weights):
+            weights = None  # a damaged cache entry is computed again and replaced
+    if weights is None:
         weights = class_text_features(encoder, classes, templates).cpu()
         cache.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            save_file({"weights": weights.contiguous()}, str(tmp), metadata={"model": encoder.identity.model_id})
+            save_file({"weights": weights.contiguous()}, str(tmp),
+                      metadata={"model": encoder.identity.model_id, "sha256": digest(weights)})
     return ZeroShotHead(weights, logit_scale, classes).to(encoder.device)

@@ -337,11 +337,19 @@ def test_student_is_current_only_for_the_synthetic_data_it_was_trained_on(runs, 
         shutil.copytree(runs.out / name, tmp_path / name, copy_function=shutil.copy2)
     shutil.copytree(runs.out / "dataset", tmp_path / "grown", copy_function=shutil.copy2)
     shard = min((tmp_path / "grown" / "data").glob("*.parquet"))
-    shutil.copy2(shard, shard.with_name("train-99999.parquet"))
+
+    def add_shard(data):  # a committed shard: the parquet and its hash record
+        shutil.copy2(shard, data / "train-99999.parquet")
+        shutil.copy2(shard.with_name(f".{shard.name}.sha256"), data / ".train-99999.parquet.sha256")
+
+    add_shard(tmp_path / "grown" / "data")
     assert student_is_current(_cfg(tmp_path, runs))
     assert not student_is_current(_cfg(tmp_path, runs, f"distill.dataset={tmp_path / 'grown'}"))
-    shutil.copy2(shard, tmp_path / "dataset" / "data" / "train-99999.parquet")
+    add_shard(tmp_path / "dataset" / "data")
     assert not student_is_current(_cfg(tmp_path, runs))
+    (tmp_path / "dataset" / "data" / ".train-99999.parquet.sha256").unlink()  # a shard never committed
+    with pytest.raises(UserError, match="train-99999.parquet' is not finished"):
+        student_is_current(_cfg(tmp_path, runs))
 
 
 def test_student_is_current_needs_both_files_and_the_dfkd_metadata(runs, student_copy):
@@ -368,15 +376,19 @@ def eval_copy(runs, tmp_path):
     return tmp_path
 
 
-def test_eval_is_current_for_an_evaluation_of_this_data_not_older_than_the_student(runs, eval_copy):
+def test_eval_is_current_for_an_evaluation_of_this_data_and_these_student_weights(runs, eval_copy):
+    """Decided by the evaluation's fingerprint (student weights, data, settings), not by file times."""
+    from safetensors.torch import load_file, save_file
+
     cfg = _cfg(eval_copy, runs)
     student, results = eval_copy / "student" / "model.safetensors", eval_copy / "eval.json"
     assert eval_is_current(cfg)
     assert not eval_is_current(_cfg(eval_copy, runs, f"eval.data={runs.toy.parent / 'other'}"))
     t = results.stat().st_mtime_ns
-    os.utime(student, ns=(t, t))
-    assert eval_is_current(cfg)  # same time: not older
     os.utime(student, ns=(t + 10**9, t + 10**9))
+    assert eval_is_current(cfg)  # the same weights, touched later: nothing to evaluate again
+    weights = load_file(str(student))
+    save_file({k: v + 1 for k, v in weights.items()}, str(student))
     assert not eval_is_current(cfg)  # the student was retrained after this evaluation
 
 

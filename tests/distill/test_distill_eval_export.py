@@ -118,7 +118,8 @@ def test_push_to_hub_uploads_student_folder(make_cfg, tmp_path, monkeypatch):
                    "distill.hub_private=true")
     train(cfg)
     assert calls[0] == ("create", "me/tiny-student", {"repo_type": "model", "private": True, "exist_ok": True})
-    assert calls[1] == ("upload", "me/tiny-student", ["README.md", "config.json", "model.safetensors"])
+    # the checksums go along: a downloaded copy is verified by load_student too
+    assert calls[1] == ("upload", "me/tiny-student", [".dfkd_sha256.json", "README.md", "config.json", "model.safetensors"])
 
 
 def test_push_without_network_is_one_line_user_error(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -232,6 +233,31 @@ def test_a_checkpoint_whose_trainer_state_is_torn_or_damaged_is_not_resumed(tmp_
     named = tiny_config(tmp_path, f"distill.resume_from_checkpoint={tmp_path / 'checkpoints' / 'checkpoint-6'}")
     with pytest.raises(UserError, match="not a complete checkpoint folder"):
         find_resume_dir(named)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "random_states_0.pkl"])
+def test_a_checkpoint_with_a_damaged_file_is_not_resumed_and_the_one_before_is(make_cfg, tmp_path, name):
+    """Each file of a checkpoint is hashed into its trainer state: a damaged model or optimiser state (which
+    Accelerate would fail on) or RNG state (which it would skip silently, changing the run) makes the checkpoint
+    not a checkpoint; `latest` then resumes the one before and ends as a straight run."""
+    from distill.trainer import find_resume_dir
+
+    common = ["distill.max_steps=6", "distill.checkpointing_steps=3", "distill.checkpoints_total_limit=2"]
+    straight = train(make_cfg(tmp_path / "straight", *common))
+    out = tmp_path / "damaged"
+    train(make_cfg(out, *common))
+    assert set(json.loads((out / "checkpoints" / "checkpoint-6" / STATE_FILE).read_text())["files"]) >= {name}
+    target = out / "checkpoints" / "checkpoint-6" / name
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    cfg = make_cfg(out, *common, "distill.resume_from_checkpoint=latest")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-3"] and find_resume_dir(cfg).name == "checkpoint-3"
+    shutil.rmtree(out / "student")
+    resumed = train(cfg)
+    assert resumed.steps == straight.steps == 6
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_is_exact_device_resident(make_cfg, tmp_path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -366,7 +367,8 @@ def test_head_is_cached_in_the_default_dir_with_its_model(tmp_path, monkeypatch,
     files = list(cache.glob("zeroshot-*.safetensors"))
     assert len(files) == 1 and head.classes == ["dog", "horse"]
     with safe_open(str(files[0]), "pt") as f:
-        assert f.metadata() == {"model": "tiny:clip"}
+        assert f.metadata() == {"model": "tiny:clip",  # and the sha256 of the weights, checked when read back
+                                "sha256": hashlib.sha256(f.get_tensor("weights").numpy().tobytes()).hexdigest()}
         assert torch.equal(f.get_tensor("weights"), head.weights)
     assert not list(cache.glob(".*.tmp"))
 
