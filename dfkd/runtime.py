@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     the place of ``folder`` (an older one is removed), so ``folder`` holds a whole set or its previous one."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-tmp{os.getpid()}-", dir=folder.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final folder gets the usual permissions
@@ -71,13 +72,44 @@ def multi_process_cpu() -> bool:
 
 LOCK_NAME = ".dfkd.lock"
 
+#: the temp names of :func:`atomic_path`, :func:`atomic_folder` (new and old) and the shard writer; group 1 is the pid
+_TEMP_NAMES = re.compile(r"^\..+\.(\d+)\.tmp$|^\..+-tmp(\d+)-[^/]+$|^\..+-old-(\d+)$|^\.tmp-(\d+)-.+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temp_files(out: str | Path) -> list[Path]:
+    """Delete, anywhere under ``out``, the temp files and folders that killed commands left half-written (their
+    names carry the writer's pid; those of live processes, such as the other ranks of this launch, are kept)."""
+    removed = []
+    for root, dirs, files in os.walk(out):
+        for name in [*dirs, *files]:
+            m = _TEMP_NAMES.match(name)
+            pid = next((int(g) for g in m.groups() if g), None) if m else None
+            if pid is None or pid == os.getpid() or _alive(pid):
+                continue
+            path = Path(root) / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            removed.append(path)
+        dirs[:] = [d for d in dirs if (Path(root) / d).exists()]
+    return removed
+
 
 @contextmanager
 def output_lock(out: str | Path) -> Iterator[None]:
     """Hold ``OUTPUT_DIR/.dfkd.lock`` (an exclusive ``flock``) while one command writes into ``out``; a second command
     on the same folder is refused in one line. The kernel drops the lock of a process that dies, so a killed run
     leaves nothing to clean up (the next run says it takes over). The ranks of one launch share their main
-    process's lock. The lock file goes when the command ends, and a folder this made, if the command left it empty."""
+    process's lock. Taking it sweeps the temp files of killed commands (:func:`sweep_temp_files`). The lock file goes
+    when the command ends, and a folder this made, if the command left it empty."""
     import fcntl
     import socket
 
@@ -106,6 +138,7 @@ def output_lock(out: str | Path) -> Iterator[None]:
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
+        sweep_temp_files(out)
         try:
             yield
         finally:  # still holding the lock: a command that opened this file meanwhile sees it gone and stops

@@ -56,3 +56,30 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_sweep_removes_the_temp_files_of_dead_writers_only(tmp_path):
+    import subprocess
+    import sys
+
+    from dfkd.runtime import sweep_temp_files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    live = str(os.getppid())
+    (tmp_path / "dataset" / "data").mkdir(parents=True)
+    names = {"dead": [f"dataset/.README.md.{dead}.tmp", f"dataset/data/.tmp-{dead}-train-00000.parquet",
+                      f"dataset/data/..train-00000.parquet.sha256.{dead}.tmp", f".student-tmp{dead}-x1y2",
+                      f".student-old-{dead}"],
+             "live": [f"dataset/.README.md.{live}.tmp", f".student-tmp{live}-a1b2"],
+             "ours": ["dataset/README.md", "dataset/data/train-00000.parquet", "dataset/data/.train-00000.parquet.sha256",
+                      "student", ".dfkd.lock", "config.yaml"]}
+    for rel in (n for group in names.values() for n in group):
+        if "student" in rel:
+            (tmp_path / rel).mkdir()
+            (tmp_path / rel / "model.safetensors").write_bytes(b"x")
+        else:
+            (tmp_path / rel).write_bytes(b"x")
+    removed = sweep_temp_files(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in removed) == sorted(names["dead"])
+    assert all((tmp_path / rel).exists() for rel in names["live"] + names["ours"])
