@@ -55,3 +55,42 @@ def test_a_plan_too_large_for_the_machine_is_refused_before_it_is_built(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "7,000,000,000 images, over synth.max_images=10,000,000" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "synth", "distill", "prompts learn", "eval"])
+def test_an_output_dir_on_a_read_only_place_is_refused_in_one_line(capsys, command):
+    """/proc/sys refuses writes even to root (a chmod would not stop root, who runs these tests in containers)."""
+    import os
+    from pathlib import Path
+
+    if not Path("/proc/sys").is_dir() or os.access("/proc/sys", os.W_OK):
+        pytest.skip("no read-only folder here to try")
+    assert main([*command.split(), "--config", str(TINY_YAML), "output_dir=/proc/sys/dfkd-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [("dfkd: error: output_dir '/proc/sys/dfkd-run' cannot be written ('/proc/sys' is read-only for this "
+                    "user); pass a folder you can write to")]
+
+
+@pytest.mark.parametrize("command", ["run", "synth"])
+def test_an_absurd_resolution_is_refused_before_any_model_loads(tmp_path, capsys, command):
+    assert main([command, "--config", str(TINY_YAML), f"output_dir={tmp_path}", "synth.resolution=100000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "synth.resolution" in err[0] and "must be at most 8192" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resuming_a_checkpoint_of_another_student_architecture_is_one_line(tmp_path, capsys):
+    """Once a state-dict traceback; the checkpoint's fingerprint holds the student, so it is refused up front."""
+    from dfkd.toydata import write_synthetic_dataset
+
+    syn = write_synthetic_dataset(tmp_path / "syn", ["dog", "guitar", "house"], per_class=4, size=32)
+    common = ["--config", str(TINY_YAML), f"output_dir={tmp_path / 'run'}", "classes=[dog,guitar,house]",
+              f"distill.dataset={syn}", "distill.max_steps=2", "distill.checkpointing_steps=1", "distill.batch_size=4"]
+    assert main(["distill", *common, "distill.student=tiny_cnn"]) == 0
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    capsys.readouterr()
+    assert main(["distill", *common, "distill.student=resnet18", "distill.resume_from_checkpoint=latest"]) == 2
+    err = [e for e in capsys.readouterr().err.strip().splitlines() if "%|" not in e]
+    assert len(err) == 1 and "holds checkpoints of other distill settings or data" in err[0]
+    assert "pass distill.overwrite=true to start over" in err[0]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
