@@ -100,16 +100,23 @@ def _filter_line(cfg, counts: dict) -> str:
             f"{counts.get('below_threshold', 0)} still below after retries")
 
 
+CARD_END = "<!-- end of the dfkd dataset card -->\n"  #: the card's last line: a card without it is torn
+
+
 def card_is_current(dataset_dir: Path, cfg) -> bool:
-    """True when ``README.md`` was written for exactly the shards now in ``dataset_dir``."""
+    """True when ``README.md`` was written, whole, for exactly the shards now in ``dataset_dir``."""
     card = Path(dataset_dir) / schema.CARD_NAME
-    return card.is_file() and f"config_name: dfkd-{content_id(Path(dataset_dir), cfg)}\n" in card.read_text("utf-8")
+    try:
+        text = card.read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return text.endswith(CARD_END) and f"config_name: dfkd-{content_id(Path(dataset_dir), cfg)}\n" in text
 
 
 def write_card(dataset_dir: Path, cfg, generator_id: str, diagnostics: dict) -> Path:
     """Write ``README.md`` and ``diagnostics.json`` atomically."""
     dataset_dir = Path(dataset_dir)
     card = render_card(cfg, generator_id, diagnostics, f"dfkd-{content_id(dataset_dir, cfg)}", dataset_dir)
-    atomic_write(dataset_dir / schema.CARD_NAME, card)
+    atomic_write(dataset_dir / schema.CARD_NAME, card.rstrip("\n") + "\n\n" + CARD_END)
     atomic_write(dataset_dir / "diagnostics.json", json.dumps(diagnostics, indent=1))
     return dataset_dir / schema.CARD_NAME

@@ -131,7 +131,10 @@ def finish_dataset(dataset_dir: Path, cfg, teacher, generator_id: str) -> dict:
 
     stored = dataset_dir / "diagnostics.json"
     if card_is_current(dataset_dir, cfg) and stored.is_file():
-        return json.loads(stored.read_text(encoding="utf-8"))
+        try:
+            return json.loads(stored.read_text(encoding="utf-8"))
+        except ValueError:
+            pass  # damaged: computed and written again below
     diagnostics = compute_diagnostics(dataset_dir, cfg, teacher)
     write_card(dataset_dir, cfg, generator_id, diagnostics)
     return diagnostics

@@ -100,6 +100,15 @@ def test_a_damaged_synth_state_over_another_configs_shards_is_refused_in_one_lin
     assert {p: p.read_bytes() for p in (run / "dataset" / "data").iterdir()} == before
 
 
+@pytest.mark.parametrize("name", ["diagnostics.json", "README.md"])
+def test_a_damaged_dataset_card_or_diagnostics_file_is_written_again(synth_run, tmp_path, name):
+    run = _copy(synth_run[0], tmp_path)
+    good = (synth_run[0] / "dataset" / name).read_text()
+    (run / "dataset" / name).write_text(good[: len(good) // 2])  # torn
+    assert main(["synth", "--config", str(TINY_YAML), f"output_dir={run}", *SYNTH]) == 0
+    assert (run / "dataset" / name).read_text() == good.replace(str(synth_run[0]), str(run))  # the card names its folder
+
+
 @pytest.mark.parametrize("damage", ["flipped byte", "hash record lost"])
 def test_distill_refuses_a_damaged_shard_in_one_line_even_after_a_cached_read(synth_run, tmp_path, capsys, damage):
     """The shard is read once (as a previous distill would), then damaged: distill must not train on the rows it
