@@ -309,3 +309,13 @@ def test_a_planted_pickle_in_a_checkpoint_never_runs(trained, tmp_path, capsys, 
             "numbers, which is never unpickled)" in _one_line_error(capsys)
     else:
         assert code == 0
+
+
+def test_a_dataset_without_any_hash_records_is_read_as_it_is(synth_run, tmp_path):
+    """A dataset downloaded from the Hub has no hidden records (they are not uploaded): it is hashed and read."""
+    from distill.data import load_synthetic
+
+    run = _copy(synth_run[0], tmp_path)
+    for record in (run / "dataset" / "data").glob(".*.sha256"):
+        record.unlink()
+    assert len(load_synthetic(run / "dataset", CLASSES)) == len(synth_run[1])
