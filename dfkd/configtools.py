@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import re
 import types
@@ -155,6 +156,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = f"{prefix}{unknown[0]}"
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1, cutoff=0.6)
+        if close:
+            raise UserError(f"unknown config key '{key}'; did you mean '{prefix}{close[0]}'?")
         valid = ", ".join(sorted(fields))
         raise UserError(f"unknown config key '{key}'; valid keys here are: {valid}")
     kwargs = {}

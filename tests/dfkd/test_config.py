@@ -48,6 +48,8 @@ def test_yaml_1_1_words_stay_strings_and_only_true_false_are_booleans(tmp_path):
     [
         ("synth.not_a_key=1", r"unknown config key 'synth.not_a_key'; valid keys here are: .*images_per_class"),
         ("nope=1", r"unknown config key 'nope'"),
+        ("synth.images_per_clas=4", r"unknown config key 'synth.images_per_clas'; did you mean 'synth.images_per_class'\?$"),
+        ("distill.learning_rate=0.1", r"unknown config key 'distill.learning_rate'; valid keys here are: .*\blr\b"),
         ("synth.images_per_class=four", r"'synth.images_per_class' must be an integer"),
         ("synth.images_per_class=0", r"'synth.images_per_class' must be at least 1"),
         ("synth.dtype=fp64", r"'synth.dtype' must be one of: fp32, fp16, bf16"),
