@@ -95,7 +95,8 @@ def compute_diagnostics(dataset_dir: Path, cfg, teacher, batch_size: int = 64) -
     _score_shards(dataset_dir, teacher, acc, batch_size)
     per_class = acc.per_class(cfg.classes)
     total = sum(acc.counts)
-    grid = preview_grid(acc.preview, len(cfg.classes), s.preview_per_class, s.store_resolution)
+    grid = preview_grid(acc.preview, len(cfg.classes), s.preview_per_class, s.store_resolution,
+                        labels=cfg.classes)
     if grid is not None:
         Image.fromarray(grid).save(dataset_dir / PREVIEW_NAME)
     return {
@@ -116,13 +117,29 @@ def _mean(values) -> float:
 
 
 def preview_grid(images: dict[tuple[int, int], np.ndarray], rows: int, cols: int, size: int,
-                 cell: int = 64) -> np.ndarray | None:
-    """``(rows * c, cols * c, 3)`` uint8: row = class, column = index (blank where missing)."""
+                 cell: int = 64, labels: Sequence[str] | None = None) -> np.ndarray | None:
+    """``(rows * c, L + k * c, 3)`` uint8: row = class (its name in a strip of width ``L`` on the left, when
+    ``labels`` are given), column = index, ``k`` = at most ``cols`` columns and no more than the images there are
+    (a blank cell only where an image of a shown index is missing)."""
+    from PIL import ImageDraw, ImageFont
+
     if not images:
         return None
     c = min(cell, size) if size >= 16 else size
-    grid = np.full((rows * c, cols * c, 3), 255, dtype=np.uint8)
+    cols = min(cols, 1 + max(k for _, k in images))
+    font = ImageFont.load_default()
+    strip = 8 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(n, font=font)) for n in labels) \
+        if labels else 0
+    grid = np.full((rows * c, strip + cols * c, 3), 255, dtype=np.uint8)
     for (r, k), a in images.items():
         if r < rows and k < cols:
-            grid[r * c:(r + 1) * c, k * c:(k + 1) * c] = np.asarray(Image.fromarray(a).resize((c, c), Image.BICUBIC))
+            grid[r * c:(r + 1) * c, strip + k * c:strip + (k + 1) * c] = \
+                np.asarray(Image.fromarray(a).resize((c, c), Image.BICUBIC))
+    if labels:
+        img = Image.fromarray(grid)
+        draw = ImageDraw.Draw(img)
+        for r, name in enumerate(labels[:rows]):
+            top, bottom = draw.textbbox((0, 0), name, font=font)[1::2]
+            draw.text((4, r * c + (c - (bottom - top)) // 2 - top), name, fill=(0, 0, 0), font=font)
+        grid = np.asarray(img)
     return grid

@@ -93,3 +93,22 @@ def test_diversity_scores():
     assert vendi_score(ortho) == pytest.approx(4.0, abs=1e-6)
     assert mean_pairwise_cosine_distance(same) == pytest.approx(0.0, abs=1e-6)
     assert mean_pairwise_cosine_distance(ortho) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_preview_grid_names_each_row_and_has_no_blank_columns_past_the_last_image():
+    from PIL import Image
+
+    from synth.diagnostics import preview_grid
+
+    rng = np.random.default_rng(0)
+    images = {(r, k): rng.integers(0, 255, (20, 20, 3), dtype=np.uint8) for r in range(3) for k in range(2)}
+    grid = preview_grid(images, rows=3, cols=8, size=20, labels=["dog", "elephant", "guitar"])
+    strip = grid.shape[1] - 2 * 20
+    assert grid.shape[0] == 3 * 20 and strip > 8  # 2 columns for 2 images per class, not 8
+    for (r, k), a in images.items():
+        assert np.array_equal(grid[r * 20:(r + 1) * 20, strip + k * 20:strip + (k + 1) * 20], a)  # same size: as is
+    for r in range(3):
+        assert (grid[r * 20:(r + 1) * 20, :strip] < 128).any()  # the class name is written in its row
+    plain = preview_grid(images, rows=3, cols=8, size=20)
+    assert plain.shape == (60, 40, 3) and np.array_equal(plain, grid[:, strip:])
+    assert Image.fromarray(grid).size == (strip + 40, 60)
