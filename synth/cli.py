@@ -16,7 +16,9 @@ def main(cfg, args=None) -> int:
         d = result.diagnostics
         print(f"dataset: {result.dataset_dir} ({d.get('rows', 0)} rows, teacher agreement "
               f"{d.get('teacher_agreement', 0):.3f}, Vendi {d.get('vendi_score', 0):.2f}); this run generated "
-              f"{result.generated} images in {result.seconds:.1f} s")
+              f"{result.generated} images in {result.generation_seconds:.1f} s"
+              + (f" ({result.generated / result.generation_seconds:.1f} images/s)" if result.generated and result.generation_seconds else "")
+              + f", {result.seconds:.1f} s in all with model loading and diagnostics")
     return 0
 
 
