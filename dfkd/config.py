@@ -15,7 +15,6 @@ imports: [my_pkg.plugins]   # modules imported first (custom prompt methods, stu
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from synth.config import SynthConfig
 
 from .configtools import apply_overrides, check, from_dict, load_yaml, to_dict
 from .errors import UserError
+from .runtime import import_user_module
 
 
 @dataclass
@@ -78,9 +78,10 @@ def import_plugins(modules: list[str]) -> None:
     """Import the user's modules named in ``imports`` (they register prompt methods, students, backends)."""
     for name in modules:
         try:
-            importlib.import_module(name)
+            import_user_module(name)
         except ImportError as exc:
-            raise UserError(f"cannot import module '{name}' listed in imports ({exc}); check the name and PYTHONPATH") from exc
+            raise UserError(f"cannot import module '{name}' listed in imports ({exc}); check the name, and run from the "
+                            "folder that holds it or add that folder to PYTHONPATH") from exc
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:

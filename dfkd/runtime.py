@@ -61,6 +61,18 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
         raise
 
 
+def import_user_module(name: str):
+    """Import the user's module ``name`` (a plugin under ``imports:``, a ``module:attr`` student) as ``python -m``
+    would: the current directory is searched too (after everything else), also under the ``dfkd`` console script."""
+    import importlib
+    import sys
+
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
+    return importlib.import_module(name)
+
+
 def multi_process_cpu() -> bool:
     """True for a multi-process launch on a machine without accelerators: Accelerate then needs ``cpu=True``
     to join the processes with gloo (else each process silently believes it is alone and does all the work)."""

@@ -138,10 +138,21 @@ names with prompt diversification (`{meta['prompt_method']}` prompts, `{meta['sy
 ```python
 from distill import load_student
 
-student = load_student("path/to/this/folder")  # (B, 3, H, W) floats in [0, 1] -> (B, C) logits
+{_load_line(meta)}
 probs = student(images).softmax(-1)             # classes: student.classes
 ```
 """
+
+
+def _load_line(meta: dict[str, Any]) -> str:
+    """The card's loading line: a ``module:attr`` student runs its own code, so it loads only when trusted."""
+    name = meta["student"]
+    if meta["kind"] == "import" and ":" in name:
+        module = name.partition(":")[0]
+        return (f"# `{name}` is your own code: `{module}` must be importable (run from its folder or put that\n"
+                f"# folder on PYTHONPATH), and it runs only when you trust it\n"
+                f'student = load_student("path/to/this/folder", trust_code="{name}")')
+    return 'student = load_student("path/to/this/folder")  # (B, 3, H, W) floats in [0, 1] -> (B, C) logits'
 
 
 class LoadedStudent(nn.Module):

@@ -13,7 +13,6 @@ else ImageNet defaults.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 
 from dfkd.errors import UserError
 from dfkd.registry import Registry, did_you_mean
+from dfkd.runtime import import_user_module
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,9 +62,10 @@ def tiny_cnn(num_classes: int, width: int = 16, depth: int = 3) -> nn.Module:
 def _import_attr(spec: str) -> Callable[..., nn.Module]:
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except ImportError as exc:
-        raise UserError(f"student '{spec}': cannot import module '{module_name}' ({exc}); check distill.student and PYTHONPATH") from exc
+        raise UserError(f"student '{spec}': cannot import module '{module_name}' ({exc}); run from the folder that "
+                        "holds it, or add its folder to PYTHONPATH") from exc
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)

@@ -76,3 +76,33 @@ def test_embedding_head_taps_classifier_input():
     logits, emb = wrapped(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 7) and emb.shape == (2, 16)
     assert DistillStudent(model, 7)(torch.randn(2, 3, 32, 32))[1] is None
+
+
+def test_a_module_attr_student_resolves_from_the_current_folder_under_the_console_script(tmp_path):
+    """`dfkd distill` run from the folder that holds the user's module (no PYTHONPATH), as `python -m` would; the
+    exported card says how it loads (trust_code) and it loads from that folder."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fixtures import TINY_YAML
+
+    from dfkd.toydata import write_synthetic_dataset
+
+    shutil.copy(Path(__file__).with_name("user_nets.py"), tmp_path / "my_nets.py")
+    syn = write_synthetic_dataset(tmp_path / "syn", ["dog", "guitar", "house"], per_class=4, size=32)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    dfkd = Path(sys.executable).with_name("dfkd")
+    run = subprocess.run([str(dfkd), "distill", "--config", str(TINY_YAML), "output_dir=out", "classes=[dog,guitar,house]",
+                          f"distill.dataset={syn}", "distill.student=my_nets:small_mlp", "distill.max_steps=1", "distill.batch_size=4"],
+                         check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    card = (tmp_path / "out" / "student" / "README.md").read_text()
+    assert 'load_student("path/to/this/folder", trust_code="my_nets:small_mlp")' in card and "PYTHONPATH" in card
+    check = ("from distill import load_student; s = load_student('out/student', trust_code='my_nets:small_mlp'); "
+             "print(s.classes)")
+    loaded = subprocess.run([sys.executable, "-c", check], check=False, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert loaded.stdout.strip() == "['dog', 'guitar', 'house']", loaded.stderr[-2000:]
