@@ -6,8 +6,16 @@ from dfkd.runtime import is_main_process
 
 
 def main(cfg, args=None) -> int:
+    from prompts.cli import learn, styles_learned
+    from prompts.methods import method_needs_learning
+
     from .run import synthesize
 
+    if method_needs_learning(cfg.prompts.method) and not styles_learned(cfg):  # as `dfkd run` does
+        if is_main_process():
+            print(f"dfkd synth: prompts.method={cfg.prompts.method} learns its styles first (`dfkd prompts learn`, "
+                  f"into {cfg.out / 'prompts'})", flush=True)
+        learn(cfg)
     result = synthesize(cfg)
     if result.num_processes > 1:
         print(f"process {result.process_index}/{result.num_processes}: wrote {result.written_shards} of "

@@ -246,7 +246,9 @@ def _styles(bank: Path) -> list:
 
 
 @pytest.mark.parametrize("damage", ["styles flipped", "meta torn"])
-def test_damaged_learned_styles_are_refused_by_synth_and_learned_again(learned, tmp_path, capsys, damage):
+def test_damaged_learned_styles_are_refused_when_loaded_and_learned_again(learned, tmp_path, capsys, damage):
+    from prompts.contrastive import load_style_bank
+
     run = _copy(learned[0], tmp_path)
     bank = run / "prompts" / "contrastive"
     if damage == "styles flipped":
@@ -255,9 +257,9 @@ def test_damaged_learned_styles_are_refused_by_synth_and_learned_again(learned, 
         (bank / "meta.json").write_text('{"fingerprint": ')
     args = ["--config", str(TINY_YAML), f"output_dir={run}", *SYNTH[:1], "prompts.contrastive.steps=4",
             "prompts.contrastive.num_styles=4"]
+    with pytest.raises(UserError, match="are damaged \\(they differ from what was written\\); run `dfkd prompts learn`"):
+        load_style_bank(run)
     capsys.readouterr()
-    assert main(["synth", *args, "prompts.method=contrastive"]) == 2
-    assert "are damaged (they differ from what was written); run `dfkd prompts learn`" in _one_line_error(capsys)
     assert main(["prompts", "learn", *args]) == 0
     assert "are damaged; learning them again" in capsys.readouterr().err
     assert _styles(bank) == learned[1]

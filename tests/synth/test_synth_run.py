@@ -231,3 +231,17 @@ def test_stage_preflight_refuses_another_configs_dataset_unless_overwrite_and_wr
     assert state.read_bytes() == before
     SynthStage().preflight(fast_config(tmp_path / "new"))
     assert not (tmp_path / "new" / "dataset" / STATE_NAME).exists()
+
+
+def test_synth_with_a_method_that_needs_learning_learns_it_first_and_says_so(tmp_path, capsys):
+    """The README's `dfkd synth` line once stopped with "no learned Contrastive-Prompt styles"; it now learns them
+    first, as `dfkd run` does, and a second run finds them learned."""
+    args = fast_args(tmp_path, "prompts.method=contrastive", "prompts.contrastive.steps=2",
+                     "prompts.contrastive.num_styles=2", "prompts.contrastive.class_batch=3")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "dfkd synth: prompts.method=contrastive learns its styles first" in out
+    assert (tmp_path / "prompts" / "contrastive" / "meta.json").is_file()
+    assert {r["method"] for r in read_rows(tmp_path / "dataset").values()} == {"contrastive"}
+    assert main(args) == 0
+    assert "learns its styles first" not in capsys.readouterr().out
