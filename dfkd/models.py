@@ -54,12 +54,56 @@ def _looks_like_path(model_id: str) -> bool:
     return model_id.startswith((".", "/", "~")) or model_id.count("/") >= 2 or "\\" in model_id
 
 
+_HUB_REACHABLE: bool | None = None
+
+
+def _env_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hub's endpoint takes a connection within ``timeout`` seconds (asked once per process; always
+    True behind a proxy, which this probe cannot see through). Without it, an unreachable Hub costs half a minute of
+    retries before any error."""
+    global _HUB_REACHABLE
+    if _HUB_REACHABLE is None:
+        import socket
+        import threading
+        from urllib.parse import urlparse
+
+        from huggingface_hub import constants
+
+        if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+            _HUB_REACHABLE = True
+            return True
+        url = urlparse(constants.ENDPOINT)
+        answer: list[bool] = []
+
+        def probe() -> None:  # in a thread: a name lookup can block past any socket timeout
+            try:
+                socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+                answer.append(True)
+            except OSError:
+                answer.append(False)
+
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(timeout + 0.5)
+        _HUB_REACHABLE = bool(answer and answer[0])
+    return _HUB_REACHABLE
+
+
 def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: Any) -> Any:
     """``cls.from_pretrained(resolve_model_id(model_id), **kwargs)`` with a one-line error when it cannot load.
 
-    ``trust_remote_code`` is never turned on here; callers pass it only when the user asked.
+    A Hub id when the Hub cannot be reached loads from the local cache only (``local_files_only``), so it fails
+    within seconds with the same message as under ``HF_HUB_OFFLINE=1``. ``trust_remote_code`` is never turned on
+    here; callers pass it only when the user asked.
     """
     path = resolve_model_id(model_id)
+    offline = _env_offline() or (not Path(path).exists() and not _looks_like_path(model_id) and not hub_reachable())
+    if offline:
+        kwargs = {**kwargs, "local_files_only": True}
     try:
         return cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
@@ -72,9 +116,9 @@ def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: A
             raise UserError(f"cannot load {what} '{model_id}': no such folder (a Hub id is owner/name); "
                             "check the path, or build it first") from exc
         hint = (
-            "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache; download it first "
-            f"(`hf download {model_id}`) or pass a local folder"
-            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+            "the Hub is offline (HF_HUB_OFFLINE=1, or it cannot be reached) and it is not in the local cache; "
+            f"download it first (`hf download {model_id}`) or pass a local folder"
+            if offline
             else "check the id on the Hugging Face Hub, your network and your login, or pass a local folder"
         )
         raise UserError(f"cannot load {what} '{model_id}': {hint}") from exc

@@ -88,3 +88,31 @@ def test_unloadable_model_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such folder") as info:
         load_pretrained(CLIPModel, "runs/digits/not-built")  # two slashes: a path, never a Hub id
     assert "hf download" not in str(info.value)
+
+
+def test_a_hub_id_with_the_hub_unreachable_fails_fast_with_the_offline_message(monkeypatch):
+    """Without HF_HUB_OFFLINE and without a network, a Hub id once cost half a minute of retries and a vague
+    message; now the endpoint is probed once and the load goes to the local cache only."""
+    import time
+
+    from huggingface_hub import constants
+    from transformers import CLIPModel
+
+    import dfkd.models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setattr(dfkd.models, "_HUB_REACHABLE", None)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    start = time.perf_counter()
+    with pytest.raises(UserError) as info:
+        load_pretrained(CLIPModel, "someone/not-cached")
+    assert time.perf_counter() - start < 10
+    assert str(info.value) == ("cannot load model 'someone/not-cached': the Hub is offline (HF_HUB_OFFLINE=1, or it "
+                               "cannot be reached) and it is not in the local cache; download it first "
+                               "(`hf download someone/not-cached`) or pass a local folder")
+    assert dfkd.models.hub_reachable() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setattr(dfkd.models, "_HUB_REACHABLE", None)
+    assert dfkd.models.hub_reachable() is True  # a proxy may reach what a direct probe cannot: not judged
