@@ -154,10 +154,55 @@ def _resolve_handler(spec: str) -> Callable:
 
 
 def _show_config(cfg, args) -> int:
+    """Print the resolved config, then (on stderr) what was checked without loading any model, and what was not."""
     from .configtools import to_yaml
 
+    checked, notes, problems = offline_checks(cfg)
+    if problems:
+        raise UserError("; ".join(problems))
     print(to_yaml(cfg), end="")
+    print(f"{PROG} config: checked without loading weights: {', '.join(checked)}", file=sys.stderr)
+    for note in notes:
+        print(f"{PROG} config: {note}", file=sys.stderr)
+    print(f"{PROG} config: not checked here: the student name (timm), modules under imports, devices and the Hub "
+          "login; every command checks them before its expensive work", file=sys.stderr)
     return 0
+
+
+def offline_checks(cfg) -> tuple[list[str], list[str], list[str]]:
+    """What ``dfkd config`` can check in a moment: model ids (local, cached, built here, or left to the network)
+    and the files and folders the config names. Returns (what was checked, notes, problems)."""
+    from pathlib import Path
+
+    from .models import locate_model
+
+    checked, notes, problems = ["keys and values"], [], []
+    models = {"teacher.model": cfg.teacher.model, "synth.model": cfg.synth.model}
+    if cfg.prompts.encoder not in ("auto", "teacher"):
+        models["prompts.encoder"] = cfg.prompts.encoder
+    for key, model_id in models.items():
+        found, where = locate_model(model_id)
+        checked.append(key)
+        if found is False:
+            problems.append(f"{key}={model_id} cannot load: {where}")
+        elif found is None:
+            notes.append(f"{key}={model_id}: {where}")
+    paths = {"eval.data": cfg.eval.data, "distill.dataset": cfg.distill.dataset,
+             "distill.few_shot.data": cfg.distill.few_shot.data if cfg.distill.few_shot.shots > 0 else None,
+             "prompts.style_dictionary": cfg.prompts.style_dictionary,
+             "teacher.templates": cfg.teacher.templates if cfg.teacher.templates not in ("openai_80", "short_7") else None,
+             "eval.student": cfg.eval.student}
+    for key, value in paths.items():
+        if not value:
+            continue
+        checked.append(key)
+        hub_dataset = key.endswith(".data") and value.count("/") == 1 and not value.startswith((".", "/", "~"))
+        if not Path(value).expanduser().exists():
+            if hub_dataset:
+                notes.append(f"{key}={value}: not a local folder; read as a Hugging Face dataset id when it runs")
+            else:
+                problems.append(f"{key}='{value}' does not exist; fix the path")
+    return checked, notes, problems
 
 
 def _make_tiny(args) -> int:
@@ -191,8 +236,10 @@ def run_command(args: argparse.Namespace) -> int:
     cmd: Command = args._command
     handler = _resolve_handler(cmd.handler)
     inputs = (load_config(args.config, args.overrides), args) if cmd.uses_config else (args,)
+    if cmd.name == "config":  # no model library is imported: it answers in a moment
+        return int(handler(*inputs) or 0)
     _setup_environment()
-    if not cmd.uses_config or cmd.name == "config":
+    if not cmd.uses_config:
         return int(handler(*inputs) or 0)
     check_output_dir(inputs[0].out)  # every other command writes into OUTPUT_DIR, one command at a time
     with output_lock(inputs[0].out):

@@ -49,6 +49,33 @@ def resolve_model_id(model_id: str) -> str:
     return str(ensure_tiny(name, cache_path("DFKD_TINY_DIR", "dfkd-tiny", "tiny")))
 
 
+def locate_model(model_id: str) -> tuple[bool | None, str]:
+    """Where ``model_id`` would load from, found without loading anything: ``(True, where)`` when it is there,
+    ``(False, why)`` when it cannot load, ``(None, note)`` when only the network can tell."""
+    if model_id.startswith((TINY_PREFIX, "digits:")):
+        from . import digits
+        from .tiny import TINY_BUILDERS
+
+        prefix, names = (TINY_PREFIX, TINY_BUILDERS) if model_id.startswith(TINY_PREFIX) else (digits.PREFIX, digits.NAMES)
+        if model_id[len(prefix):] not in names:
+            return False, f"unknown; valid: {', '.join(prefix + n for n in names)}"
+        return True, "built on this machine on first use"
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        ok = (path / "config.json").is_file() or (path / "model_index.json").is_file()
+        return (True, "a local folder") if ok else (False, "a local folder without config.json or model_index.json")
+    if _looks_like_path(model_id):
+        return False, "no such folder"
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("model_index.json", "config.json"):
+        if isinstance(try_to_load_from_cache(model_id, name), str):
+            return True, "in the local Hugging Face cache"
+    if _env_offline() or not hub_reachable():
+        return False, "not in the local Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE=1, or it cannot be reached)"
+    return None, "not in the local cache: downloaded from the Hub on first use"
+
+
 def _looks_like_path(model_id: str) -> bool:
     """True for ids that can only be local paths (``./x``, ``/x``, ``~/x``, ``a/b/c``), never a Hub ``owner/name``."""
     return model_id.startswith((".", "/", "~")) or model_id.count("/") >= 2 or "\\" in model_id

@@ -165,10 +165,34 @@ def test_cli_help_lists_every_command_with_examples():
         assert sub.returncode == 0 and "example" in sub.stdout
 
 
-def test_config_command_prints_resolved_yaml():
+def test_config_command_prints_resolved_yaml_and_what_it_checked():
     proc = _dfkd("config", "--config", str(TINY_YAML), "synth.images_per_class=5")
     assert proc.returncode == 0
     assert yaml.safe_load(proc.stdout)["synth"]["images_per_class"] == 5
+    assert "dfkd config: checked without loading weights: keys and values, teacher.model, synth.model" in proc.stderr
+    assert "not checked here: the student name" in proc.stderr
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("teacher.model=someone/not-cached", ("teacher.model=someone/not-cached cannot load: not in the local Hugging Face "
+                                         "cache, and the Hub is offline")),
+    ("synth.model=tiny:nope", "synth.model=tiny:nope cannot load: unknown; valid: tiny:clip"),
+    ("synth.model=./no/such/folder", "synth.model=./no/such/folder cannot load: no such folder"),
+    ("eval.data=/no/such/PACS", "eval.data='/no/such/PACS' does not exist; fix the path"),
+    ("prompts.style_dictionary=/no/styles.txt", "prompts.style_dictionary='/no/styles.txt' does not exist"),
+])
+def test_config_command_refuses_what_cannot_load_in_one_line_and_fast(monkeypatch, override, problem):
+    """`dfkd config` loads no model library: it answers in well under 2 s (the interpreter's start included)."""
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    start = time.perf_counter()
+    proc = _dfkd("config", "--config", str(TINY_YAML), override)
+    assert time.perf_counter() - start < 4  # < 2 s on an idle machine; headroom for a loaded CI
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dfkd: error: ") and problem in lines[0]
 
 
 def test_module_entry_points_match_cli():
