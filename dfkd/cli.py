@@ -169,17 +169,26 @@ def _show_config(cfg, args) -> int:
     return 0
 
 
-def offline_checks(cfg) -> tuple[list[str], list[str], list[str]]:
-    """What ``dfkd config`` can check in a moment: model ids (local, cached, built here, or left to the network)
-    and the files and folders the config names. Returns (what was checked, notes, problems)."""
+#: the config keys each command reads, for the checks made before any model library is imported
+_READS = {"synth": ("teacher.", "synth.", "prompts."), "learn": ("teacher.", "synth.", "prompts."),
+          "show": ("teacher.", "synth.", "prompts."),
+          "distill": ("teacher.", "distill.", "eval.data"), "eval": ("teacher.", "eval."), "run": ("",), "config": ("",)}
+
+
+def offline_checks(cfg, command: str = "config") -> tuple[list[str], list[str], list[str]]:
+    """What can be checked in a moment, before any model library is imported: model ids (local, cached, built here,
+    or left to the network) and the files and folders the config names, those that ``command`` reads. Returns
+    (what was checked, notes, problems)."""
     from pathlib import Path
 
     from .models import locate_model
 
+    reads = _READS.get(command, ())
     checked, notes, problems = ["keys and values"], [], []
     models = {"teacher.model": cfg.teacher.model, "synth.model": cfg.synth.model}
     if cfg.prompts.encoder not in ("auto", "teacher"):
         models["prompts.encoder"] = cfg.prompts.encoder
+    models = {k: v for k, v in models.items() if k.startswith(reads)}
     for key, model_id in models.items():
         found, where = locate_model(model_id)
         checked.append(key)
@@ -192,8 +201,10 @@ def offline_checks(cfg) -> tuple[list[str], list[str], list[str]]:
              "prompts.style_dictionary": cfg.prompts.style_dictionary,
              "teacher.templates": cfg.teacher.templates if cfg.teacher.templates not in ("openai_80", "short_7") else None,
              "eval.student": cfg.eval.student}
+    if cfg.distill.dataset and Path(cfg.distill.dataset).resolve() == (cfg.out / "dataset").resolve():
+        paths["distill.dataset"] = None  # the dataset this run's synth writes
     for key, value in paths.items():
-        if not value:
+        if not value or not key.startswith(reads):
             continue
         checked.append(key)
         hub_dataset = key.endswith(".data") and value.count("/") == 1 and not value.startswith((".", "/", "~"))
@@ -234,10 +245,14 @@ def run_command(args: argparse.Namespace) -> int:
     from .config import load_config
 
     cmd: Command = args._command
-    handler = _resolve_handler(cmd.handler)
     inputs = (load_config(args.config, args.overrides), args) if cmd.uses_config else (args,)
     if cmd.name == "config":  # no model library is imported: it answers in a moment
-        return int(handler(*inputs) or 0)
+        return int(_show_config(*inputs) or 0)
+    if cmd.uses_config:  # missing files and unloadable model ids: one line now, before the stage's imports
+        problems = offline_checks(inputs[0], cmd.name)[2]
+        if problems:
+            raise UserError("; ".join(problems))
+    handler = _resolve_handler(cmd.handler)
     _setup_environment()
     if not cmd.uses_config:
         return int(handler(*inputs) or 0)

@@ -9,8 +9,9 @@ def main(cfg, args=None) -> int:
     from prompts.cli import learn, styles_learned
     from prompts.methods import method_needs_learning
 
-    from .run import synthesize
+    from .run import check_settings, synthesize
 
+    check_settings(cfg)  # backend, device and plan size first: a refused run learns nothing
     if method_needs_learning(cfg.prompts.method) and not styles_learned(cfg):  # as `dfkd run` does
         if is_main_process():
             print(f"dfkd synth: prompts.method={cfg.prompts.method} learns its styles first (`dfkd prompts learn`, "

@@ -269,7 +269,7 @@ def test_a_contrastive_run_checks_the_prompt_stage_before_any_stage_runs(tmp_pat
     assert dfkd_main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and "style dictionary" in err[0] and "does not exist" in err[0], err
+    assert len(err) == 1 and "prompts.style_dictionary=" in err[0] and "does not exist" in err[0], err
     assert "1/4" not in captured.out and "2/4" not in captured.out
     assert not (tmp_path / "dataset").exists()
 

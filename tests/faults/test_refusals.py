@@ -94,3 +94,33 @@ def test_resuming_a_checkpoint_of_another_student_architecture_is_one_line(tmp_p
     assert len(err) == 1 and "holds checkpoints of other distill settings or data" in err[0]
     assert "pass distill.overwrite=true to start over" in err[0]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("command, bad, problem", [
+    ("distill", "eval.data=/no/such/PACS", "eval.data='/no/such/PACS' does not exist; fix the path"),
+    ("eval", "eval.student=/no/such/student", "eval.student='/no/such/student' does not exist; fix the path"),
+    ("run", "prompts.style_dictionary=/no/styles.txt", "prompts.style_dictionary='/no/styles.txt' does not exist"),
+    ("synth", "synth.model=tiny:nope", "synth.model=tiny:nope cannot load: unknown; valid: tiny:clip"),
+    ("prompts learn", "teacher.templates=/no/templates.txt", "teacher.templates='/no/templates.txt' does not exist"),
+])
+def test_a_missing_file_or_unloadable_model_is_refused_before_any_model_library_loads(tmp_path, command, bad, problem):
+    """One line, exit 2, within a couple of seconds of the process start (no torch, transformers or diffusers
+    imported first), and nothing written."""
+    import subprocess
+    import sys
+    import time
+
+    from fixtures import REPO_ROOT
+
+    start = time.perf_counter()
+    code = ("import sys; from dfkd.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'diffusers', 'timm') if m in sys.modules); "
+            "print('imported:', heavy); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *command.split(), "--config", str(TINY_YAML),
+                           f"output_dir={tmp_path / 'run'}", bad], cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert time.perf_counter() - start < 4  # about 0.3 s here on an idle machine
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("dfkd: error: ") and problem in lines[0], lines
+    assert proc.stdout.strip() == "imported: []"
+    assert not (tmp_path / "run").exists()
