@@ -28,6 +28,16 @@ def cache_path(env_var: str, hf_home_sub: str, home_sub: str) -> Path:
     return Path.home() / ".cache" / "dfkd" / home_sub
 
 
+def random_weights_note(*model_ids: str | None) -> str | None:
+    """One sentence for every output made with a ``tiny:*`` model (random weights, built for the tests and the
+    plumbing demo): its numbers and images mean nothing, by design. None when no such model is involved."""
+    tiny = sorted({m for m in model_ids if isinstance(m, str) and m.startswith(TINY_PREFIX)})
+    if not tiny:
+        return None
+    return (f"{', '.join(tiny)} {'has' if len(tiny) == 1 else 'have'} random weights (offline test models): these "
+            "numbers and images are meaningless by design; they only show that the pipeline runs")
+
+
 def resolve_model_id(model_id: str) -> str:
     """``tiny:NAME`` / ``digits:NAME`` -> the local folder of that model (built on first use and cached, see
     :mod:`dfkd.tiny` and :mod:`dfkd.digits`); else ``model_id`` unchanged."""

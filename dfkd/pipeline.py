@@ -16,6 +16,7 @@ from prompts.stage import PromptsStage
 from synth.stage import SynthStage
 
 from .config import ExperimentConfig
+from .models import random_weights_note
 from .runtime import is_main_process
 from .stage import Stage
 
@@ -48,3 +49,6 @@ def _summary(cfg: ExperimentConfig, stages: tuple[Stage, ...]) -> None:
     _say("done\n" + "\n".join(lines))
     if is_main_process():
         print("".join(stage.report(cfg) for stage in stages), end="")
+        note = random_weights_note(cfg.teacher.model, cfg.synth.model)
+        if note:
+            print(f"note: {note}")

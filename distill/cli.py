@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dfkd.errors import UserError
+from dfkd.models import random_weights_note
 from dfkd.runtime import is_main_process
 
 from .config import DistillExperiment
@@ -41,6 +42,9 @@ def evaluate(cfg: DistillExperiment, args=None) -> int:
         from .evaluate import markdown_table
 
         print(markdown_table(result), end="")
+        note = random_weights_note(cfg.teacher.model)
+        if note:
+            print(f"note: {note}")
         report_eval_files(cfg)
     return 0
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dfkd.errors import UserError
+from dfkd.models import random_weights_note
 from dfkd.runtime import atomic_folder
 from dfkd.schema import file_sha256
 
@@ -132,7 +133,7 @@ names with prompt diversification (`{meta['prompt_method']}` prompts, `{meta['sy
 
 ## Evaluation (top-1 %, per domain)
 
-{table}
+{table}{_note_line(meta)}
 ## Usage
 
 ```python
@@ -142,6 +143,11 @@ from distill import load_student
 probs = student(images).softmax(-1)             # classes: student.classes
 ```
 """
+
+
+def _note_line(meta: dict[str, Any]) -> str:
+    note = random_weights_note(meta["teacher"], meta.get("synth_model"))
+    return f"\n> **Note:** {note}.\n" if note else ""
 
 
 def _load_line(meta: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from dfkd import schema
+from dfkd.models import random_weights_note
 from dfkd.runtime import atomic_write
 
 
@@ -66,6 +67,7 @@ def render_card(cfg, generator_id: str, diagnostics: dict, config_name: str, dat
         "(data-free knowledge distillation via prompt diversification). Load with:"), "",
         "```python", "from datasets import load_dataset",
         *load, "```", "",
+        *([f"> **Note:** {note}.", ""] if (note := random_weights_note(cfg.teacher.model, s.model)) else []),
         "## Diagnostics", "",
         f"- teacher agreement with the intended labels: **{d.get('teacher_agreement', 0):.3f}**",
         f"- mean teacher confidence of the intended class: {d.get('mean_confidence', 0):.3f}",

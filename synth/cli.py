@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dfkd.models import random_weights_note
 from dfkd.runtime import is_main_process
 
 
@@ -28,6 +29,9 @@ def main(cfg, args=None) -> int:
               f"{result.generated} images in {result.generation_seconds:.1f} s"
               + (f" ({result.generated / result.generation_seconds:.1f} images/s)" if result.generated and result.generation_seconds else "")
               + f", {result.seconds:.1f} s in all with model loading and diagnostics")
+        note = random_weights_note(cfg.teacher.model, cfg.synth.model)
+        if note:
+            print(f"note: {note}")
     return 0
 
 

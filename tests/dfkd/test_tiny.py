@@ -116,3 +116,11 @@ def test_a_hub_id_with_the_hub_unreachable_fails_fast_with_the_offline_message(m
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setattr(dfkd.models, "_HUB_REACHABLE", None)
     assert dfkd.models.hub_reachable() is True  # a proxy may reach what a direct probe cannot: not judged
+
+
+def test_outputs_of_random_weight_models_say_they_are_meaningless():
+    from dfkd.models import random_weights_note
+
+    assert random_weights_note("openai/clip-vit-base-patch32", "digits:sd", None) is None
+    note = random_weights_note("tiny:clip", "tiny:sd", "tiny:clip")
+    assert note.startswith("tiny:clip, tiny:sd have random weights") and "meaningless by design" in note

@@ -72,6 +72,7 @@ def test_card_diagnostics_and_preview(finished):
     card = (d / "README.md").read_text()
     assert card.startswith("---\n") and "data/*.parquet" in card and "class_label" in card and "config_name: dfkd-" in card
     assert "teacher agreement" in card and "Vendi" in card and "seed: 0" in card  # resolved config inside
+    assert "> **Note:** tiny:clip, tiny:sd have random weights" in card  # its numbers and images mean nothing
     diag = json.loads((d / "diagnostics.json").read_text())
     assert diag["rows"] == 6 and 0 <= diag["teacher_agreement"] <= 1
     for v in diag["per_class"].values():
