@@ -21,7 +21,7 @@ def student_is_current(cfg: DistillExperiment) -> bool:
     """True when ``OUTPUT_DIR/student`` holds a student exported under this config's fingerprint (its distill settings,
     teacher, classes and seed, and the synthetic data when that is on disk: :func:`distill.trainer.fingerprint`)."""
     config = cfg.out / STUDENT_DIR / "config.json"
-    if not config.is_file() or not (config.parent / WEIGHTS_NAME).is_file() or damaged_files(config.parent) != []:
+    if damaged_files(config.parent) != []:  # the checksums list config.json and the weights: a missing one is damaged
         return False  # absent, damaged, or without checksums: export it again (from the last checkpoint)
     try:
         meta = json.loads(config.read_text()).get("dfkd", {})

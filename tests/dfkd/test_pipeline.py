@@ -365,6 +365,16 @@ def test_student_is_current_needs_both_files_and_the_dfkd_metadata(runs, student
     assert not student_is_current(cfg)
     config.write_text(json.dumps({k: v for k, v in meta.items() if k != "dfkd"}))  # a model saved by another tool
     assert not student_is_current(cfg)
+    # ... whose checksums match (so only the missing dfkd block, with its fingerprint, says "not this run's")
+    from dfkd.schema import file_sha256
+    from distill.export import CHECKSUMS_NAME
+
+    sums = json.loads((config.parent / CHECKSUMS_NAME).read_text())
+    (config.parent / CHECKSUMS_NAME).write_text(json.dumps({**sums, "config.json": file_sha256(config)}))
+    assert not student_is_current(cfg)
+    config.write_text(json.dumps(meta))
+    (config.parent / CHECKSUMS_NAME).write_text(json.dumps({**sums, "config.json": file_sha256(config)}))
+    assert student_is_current(cfg)  # the same checks pass for the real thing
 
 
 # --- eval_is_current

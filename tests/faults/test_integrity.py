@@ -218,6 +218,25 @@ def test_the_evaluation_counts_as_done_only_for_the_same_student_data_and_settin
     assert not eval_is_current(_cfg(run, trained))
 
 
+def test_the_evaluation_of_a_named_student_is_current_for_that_student_only(trained, tmp_path):
+    """With eval.student set, the fingerprint is of that folder's weights (not OUTPUT_DIR/student's); the eval stage
+    reports eval.md only while the evaluation is current."""
+    from safetensors.torch import load_file, save_file
+
+    from distill.stage import EvalStage, eval_is_current
+
+    run = _copy(trained, tmp_path)
+    shutil.copytree(run / "student", tmp_path / "same")
+    shutil.copytree(run / "student", tmp_path / "other")
+    w = load_file(str(tmp_path / "other" / "model.safetensors"))
+    save_file({k: v * 2 for k, v in w.items()}, str(tmp_path / "other" / "model.safetensors"))
+    assert eval_is_current(_cfg(run, trained, f"eval.student={tmp_path / 'same'}"))
+    assert not eval_is_current(_cfg(run, trained, f"eval.student={tmp_path / 'other'}"))
+    assert EvalStage().report(_cfg(run, trained)) == (run / "eval.md").read_text() != ""
+    (run / "eval.json").unlink()  # a kill between eval.md and eval.json: the table left is not reported
+    assert EvalStage().report(_cfg(run, trained)) == ""
+
+
 def test_a_re_exported_student_makes_its_old_evaluation_stale(trained, tmp_path):
     from safetensors.torch import load_file, save_file
 
