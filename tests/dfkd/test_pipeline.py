@@ -385,7 +385,28 @@ def eval_copy(runs, tmp_path):
     (tmp_path / "student").mkdir()
     shutil.copy2(runs.out / "student" / "model.safetensors", tmp_path / "student" / "model.safetensors")
     shutil.copy2(runs.out / "eval.json", tmp_path / "eval.json")
+    shutil.copy2(runs.out / "eval.md", tmp_path / "eval.md")
     return tmp_path
+
+
+def test_eval_is_current_for_a_named_student_and_a_whole_eval_json_only(runs, eval_copy):
+    """With eval.student set, the evaluation is of that folder's weights; a torn eval.json, or eval.md left alone by
+    a kill between the two, is not a finished evaluation, and the eval stage reports nothing then."""
+    from safetensors.torch import load_file, save_file
+
+    from distill.stage import EvalStage
+
+    other = eval_copy / "other"
+    other.mkdir()
+    save_file({k: v * 2 for k, v in load_file(str(runs.out / "student" / "model.safetensors")).items()},
+              str(other / "model.safetensors"))
+    assert eval_is_current(_cfg(eval_copy, runs, f"eval.student={eval_copy / 'student'}"))
+    assert not eval_is_current(_cfg(eval_copy, runs, f"eval.student={other}"))
+    assert EvalStage().report(_cfg(eval_copy, runs)) == (eval_copy / "eval.md").read_text() != ""
+    (eval_copy / "eval.json").write_text('{"domains": [')
+    assert not eval_is_current(_cfg(eval_copy, runs)) and EvalStage().report(_cfg(eval_copy, runs)) == ""
+    (eval_copy / "eval.json").unlink()
+    assert not eval_is_current(_cfg(eval_copy, runs)) and EvalStage().report(_cfg(eval_copy, runs)) == ""
 
 
 def test_eval_is_current_for_an_evaluation_of_this_data_and_these_student_weights(runs, eval_copy):

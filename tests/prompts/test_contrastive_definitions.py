@@ -252,3 +252,31 @@ def test_a_bank_missing_either_file_is_refused(clip, tmp_path, missing):
     (bank_dir(tmp_path) / missing).unlink()
     with pytest.raises(UserError, match="no learned Contrastive-Prompt styles"):
         load_style_bank(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["styles flipped", "meta torn", "meta not a mapping", "hash not recorded"])
+def test_a_bank_counts_only_when_its_styles_hash_to_the_sha256_its_meta_records(clip, tmp_path, damage):
+    """read_bank_meta is what `prompts learn` and `dfkd run` decide "learned" by: a damaged bank is None (learned
+    again), a whole one its meta; load_style_bank refuses a damaged one in one line."""
+    import json
+
+    from prompts.contrastive import read_bank_meta
+
+    meta = {"encoder": clip.identity.to_dict(), "seed": 0, "template": "a {style} style image of a {class_name}"}
+    folder = bank_dir(tmp_path)
+    save_style_bank(folder, torch.randn(2, 1, clip.embedding_dim), meta)
+    whole = read_bank_meta(folder)
+    assert whole["seed"] == 0 and len(whole["styles_sha256"]) == 64
+    if damage == "styles flipped":
+        raw = bytearray((folder / STYLES_FILE).read_bytes())
+        raw[-3] ^= 0xFF  # in the tensor data: the file still parses
+        (folder / STYLES_FILE).write_bytes(bytes(raw))
+    elif damage == "meta torn":
+        (folder / META_FILE).write_text((folder / META_FILE).read_text()[:20])
+    elif damage == "meta not a mapping":
+        (folder / META_FILE).write_text("[1, 2]")
+    else:
+        (folder / META_FILE).write_text(json.dumps({k: v for k, v in whole.items() if k != "styles_sha256"}))
+    assert read_bank_meta(folder) is None
+    with pytest.raises(UserError, match="are damaged"):
+        load_style_bank(tmp_path)
