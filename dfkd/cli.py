@@ -185,7 +185,7 @@ def offline_checks(cfg, command: str = "config") -> tuple[list[str], list[str], 
 
     reads = _READS.get(command, ())
     checked, notes, problems = ["keys and values"], [], []
-    models = {"teacher.model": cfg.teacher.model, "synth.model": cfg.synth.model}
+    models = {"teacher.model": cfg.teacher.model}  # every command loads the teacher
     if cfg.prompts.encoder not in ("auto", "teacher"):
         models["prompts.encoder"] = cfg.prompts.encoder
     models = {k: v for k, v in models.items() if k.startswith(reads)}
@@ -196,6 +196,11 @@ def offline_checks(cfg, command: str = "config") -> tuple[list[str], list[str], 
             problems.append(f"{key}={model_id} cannot load: {where}")
         elif found is None:
             notes.append(f"{key}={model_id}: {where}")
+    if command == "config":  # the generator: whether it is loaded at all is the backend's business (a Fourier image
+        found, where = locate_model(cfg.synth.model)  # loads none), so only reported here
+        checked.append("synth.model")
+        if found is not True:
+            notes.append(f"synth.model={cfg.synth.model}: {where} (it matters only to a backend that loads it)")
     paths = {"eval.data": cfg.eval.data, "distill.dataset": cfg.distill.dataset,
              "distill.few_shot.data": cfg.distill.few_shot.data if cfg.distill.few_shot.shots > 0 else None,
              "prompts.style_dictionary": cfg.prompts.style_dictionary,

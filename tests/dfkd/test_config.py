@@ -171,13 +171,16 @@ def test_config_command_prints_resolved_yaml_and_what_it_checked():
     assert yaml.safe_load(proc.stdout)["synth"]["images_per_class"] == 5
     assert "dfkd config: checked without loading weights: keys and values, teacher.model, synth.model" in proc.stderr
     assert "not checked here: the student name" in proc.stderr
+    # the generator is reported, not refused: a backend may load none (a Fourier image needs no model)
+    proc = _dfkd("config", "--config", str(TINY_YAML), "synth.model=tiny:nope")
+    assert proc.returncode == 0 and "dfkd config: synth.model=tiny:nope: unknown; valid: tiny:clip" in proc.stderr
 
 
 @pytest.mark.parametrize("override, problem", [
     ("teacher.model=someone/not-cached", ("teacher.model=someone/not-cached cannot load: not in the local Hugging Face "
                                          "cache, and the Hub is offline")),
-    ("synth.model=tiny:nope", "synth.model=tiny:nope cannot load: unknown; valid: tiny:clip"),
-    ("synth.model=./no/such/folder", "synth.model=./no/such/folder cannot load: no such folder"),
+    ("teacher.model=tiny:nope", "teacher.model=tiny:nope cannot load: unknown; valid: tiny:clip"),
+    ("prompts.encoder=./no/such/folder", "prompts.encoder=./no/such/folder cannot load: no such folder"),
     ("eval.data=/no/such/PACS", "eval.data='/no/such/PACS' does not exist; fix the path"),
     ("prompts.style_dictionary=/no/styles.txt", "prompts.style_dictionary='/no/styles.txt' does not exist"),
 ])

@@ -230,7 +230,9 @@ def test_a_repeated_run_skips_every_stage_rewrites_nothing_and_shows_the_table(r
     assert "generating" not in text and "training the student" not in text and "evaluating" not in text
     assert _stamps(runs.out) == before
     assert text.count(TABLE_HEADER) == 1  # nothing was evaluated now: the summary shows the stored table
-    assert text.endswith((runs.out / "eval.md").read_text())
+    table, note = text.rstrip("\n").rsplit("\n", 1)
+    assert (table + "\n").endswith((runs.out / "eval.md").read_text())  # the stored table, then the tiny-model note
+    assert note.startswith("note: tiny:clip, tiny:sd have random weights")
 
 
 def test_a_run_that_lost_its_evaluation_evaluates_again_and_nothing_else(runs):

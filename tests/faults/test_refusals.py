@@ -100,7 +100,7 @@ def test_resuming_a_checkpoint_of_another_student_architecture_is_one_line(tmp_p
     ("distill", "eval.data=/no/such/PACS", "eval.data='/no/such/PACS' does not exist; fix the path"),
     ("eval", "eval.student=/no/such/student", "eval.student='/no/such/student' does not exist; fix the path"),
     ("run", "prompts.style_dictionary=/no/styles.txt", "prompts.style_dictionary='/no/styles.txt' does not exist"),
-    ("synth", "synth.model=tiny:nope", "synth.model=tiny:nope cannot load: unknown; valid: tiny:clip"),
+    ("synth", "teacher.model=tiny:nope", "teacher.model=tiny:nope cannot load: unknown; valid: tiny:clip"),
     ("prompts learn", "teacher.templates=/no/templates.txt", "teacher.templates='/no/templates.txt' does not exist"),
 ])
 def test_a_missing_file_or_unloadable_model_is_refused_before_any_model_library_loads(tmp_path, command, bad, problem):
