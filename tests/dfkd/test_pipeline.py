@@ -374,6 +374,9 @@ def test_student_is_current_needs_both_files_and_the_dfkd_metadata(runs, student
     sums = json.loads((config.parent / CHECKSUMS_NAME).read_text())
     (config.parent / CHECKSUMS_NAME).write_text(json.dumps({**sums, "config.json": file_sha256(config)}))
     assert not student_is_current(cfg)
+    config.write_text("[1, 2]")  # JSON, but not a config (and its checksum matches): not this run's student
+    (config.parent / CHECKSUMS_NAME).write_text(json.dumps({**sums, "config.json": file_sha256(config)}))
+    assert not student_is_current(cfg)
     config.write_text(json.dumps(meta))
     (config.parent / CHECKSUMS_NAME).write_text(json.dumps({**sums, "config.json": file_sha256(config)}))
     assert student_is_current(cfg)  # the same checks pass for the real thing

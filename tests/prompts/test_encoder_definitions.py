@@ -373,6 +373,24 @@ def test_head_is_cached_in_the_default_dir_with_its_model(tmp_path, monkeypatch,
     assert not list(cache.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("damage", ["tensor bytes", "header"])
+def test_a_damaged_head_cache_entry_is_computed_again(tmp_path, monkeypatch, teacher, damage):
+    """A flipped byte in the cached weights (the file still parses) or in its header (it no longer does): the head is
+    computed again, equal to the first one, and the entry replaced."""
+    monkeypatch.setenv("DFKD_CACHE", str(tmp_path))
+    first = build_zero_shot_head(teacher.model, teacher.text, ["dog", "horse"], ["a photo of a {}."])
+    (entry,) = tmp_path.glob("zeroshot-*.safetensors")
+    with safe_open(str(entry), "pt") as f:
+        good = f.metadata(), f.get_tensor("weights").clone()  # a copy: the tensor may map the file
+    raw = bytearray(entry.read_bytes())
+    raw[-5 if damage == "tensor bytes" else 10] ^= 0xFF
+    entry.write_bytes(bytes(raw))
+    again = build_zero_shot_head(teacher.model, teacher.text, ["dog", "horse"], ["a photo of a {}."])
+    assert torch.equal(again.weights, first.weights)
+    with safe_open(str(entry), "pt") as f:  # replaced (safetensors orders its metadata keys freely: compare them)
+        assert f.metadata() == good[0] and torch.equal(f.get_tensor("weights"), good[1])
+
+
 def test_head_cache_key_follows_local_weight_files(tmp_path, teacher):
     """Retrained weights (another size or mtime of a ``*.safetensors`` or ``*.bin`` file, at any depth) miss the cache."""
     folder = tmp_path / "model"
