@@ -140,6 +140,12 @@ def verify_dataset(dataset_dir: Path) -> dict[str, str]:
     return out
 
 
+def json_digest(value) -> str:
+    """A 16-hex-digit id of a JSON-able ``value`` (keys sorted; anything else by its ``str``): the fingerprints of
+    distill and eval, and a dataset's content id, are built with it."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def content_id(hashes: dict[str, str]) -> str:
     """A short id of a dataset's exact content, from :func:`verify_dataset`."""
-    return hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()[:16]
+    return json_digest(sorted(hashes.items()))

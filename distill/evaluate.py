@@ -8,7 +8,6 @@ under any launch. Results go to ``OUT/eval.json`` and ``OUT/eval.md``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -126,15 +125,14 @@ def eval_fingerprint(cfg, student_dir: Path) -> str:
     """What decides ``eval.json``: the eval section (but its batch size and student path), the teacher section, the
     classes, the mixed precision, the student's weights (their sha256) and the evaluation data (a Hub id, or a
     local folder's file names and sizes). ``dfkd run`` evaluates again when it changes."""
-    from dfkd.schema import file_sha256
+    from dfkd.schema import file_sha256, json_digest
 
     e = {k: v for k, v in asdict(cfg.eval).items() if k not in ("batch_size", "student")}
     weights = [[p.name, file_sha256(p)] for p in sorted(Path(student_dir).glob("*.safetensors"))]
     root = Path(cfg.eval.data) if cfg.eval.data else None
     data = sorted([str(p.relative_to(root)), p.stat().st_size] for p in root.rglob("*") if p.is_file()) \
         if root is not None and root.is_dir() else cfg.eval.data
-    value = [e, asdict(cfg.teacher), list(cfg.classes), cfg.distill.mixed_precision, weights, data]
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest([e, asdict(cfg.teacher), list(cfg.classes), cfg.distill.mixed_precision, weights, data])
 
 
 def write_eval(result: dict[str, Any], out: Path, extra: dict[str, Any] | None = None) -> None:

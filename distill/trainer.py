@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -30,7 +29,7 @@ import torch
 from dfkd.configtools import write_resolved_config
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_write, is_main_process, multi_process_cpu
-from dfkd.schema import DATA_DIR, DATASET_DIR, content_id, file_sha256, verify_dataset
+from dfkd.schema import DATA_DIR, DATASET_DIR, content_id, file_sha256, json_digest, verify_dataset
 
 from .augment import step_generator
 from .config import DistillExperiment
@@ -129,11 +128,8 @@ def synthetic_dir(cfg: DistillExperiment) -> Path:
 def fingerprint(cfg: DistillExperiment, dataset_dir: Path | None = None) -> dict[str, str]:
     """What decides the trained student: ``settings`` (the distill section but its bookkeeping, the teacher section,
     classes, seed) and, given ``dataset_dir``, ``dataset`` (the content id of its verified shards)."""
-    def digest(value) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
     distill = {k: v for k, v in asdict(cfg.distill).items() if k not in _BOOKKEEPING}
-    fp = {"settings": digest([distill, asdict(cfg.teacher), list(cfg.classes), cfg.seed])}
+    fp = {"settings": json_digest([distill, asdict(cfg.teacher), list(cfg.classes), cfg.seed])}
     if dataset_dir is not None and (dataset_dir / DATA_DIR).is_dir():
         fp["dataset"] = content_id(verify_dataset(dataset_dir))
     return fp
