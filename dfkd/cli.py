@@ -181,7 +181,10 @@ def offline_checks(cfg, command: str = "config") -> tuple[list[str], list[str], 
     (what was checked, notes, problems)."""
     from pathlib import Path
 
+    from prompts.templates import TEMPLATE_SETS
+
     from .models import locate_model
+    from .schema import DATASET_DIR
 
     reads = _READS.get(command, ())
     checked, notes, problems = ["keys and values"], [], []
@@ -204,9 +207,9 @@ def offline_checks(cfg, command: str = "config") -> tuple[list[str], list[str], 
     paths = {"eval.data": cfg.eval.data, "distill.dataset": cfg.distill.dataset,
              "distill.few_shot.data": cfg.distill.few_shot.data if cfg.distill.few_shot.shots > 0 else None,
              "prompts.style_dictionary": cfg.prompts.style_dictionary,
-             "teacher.templates": cfg.teacher.templates if cfg.teacher.templates not in ("openai_80", "short_7") else None,
+             "teacher.templates": cfg.teacher.templates if cfg.teacher.templates not in TEMPLATE_SETS else None,
              "eval.student": cfg.eval.student}
-    if cfg.distill.dataset and Path(cfg.distill.dataset).resolve() == (cfg.out / "dataset").resolve():
+    if cfg.distill.dataset and Path(cfg.distill.dataset).resolve() == (cfg.out / DATASET_DIR).resolve():
         paths["distill.dataset"] = None  # the dataset this run's synth writes
     for key, value in paths.items():
         if not value or not key.startswith(reads):

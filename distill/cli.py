@@ -53,6 +53,11 @@ def report_eval_files(cfg: DistillExperiment) -> None:
     print(f"dfkd eval: results -> {cfg.out / 'eval.json'} and {cfg.out / 'eval.md'}")
 
 
+def evaluated_student(cfg: DistillExperiment) -> Path:
+    """The student folder ``dfkd eval`` scores: ``eval.student``, else ``OUTPUT_DIR/student``."""
+    return Path(cfg.eval.student) if cfg.eval.student else cfg.out / STUDENT_DIR
+
+
 def run_evaluation(cfg: DistillExperiment) -> dict:
     """Load the exported student and the teacher, score every domain of eval.data, write the results."""
     from accelerate import Accelerator
@@ -70,7 +75,7 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
         raise UserError("eval.data is not set; pass eval.data=ROOT (a DomainBed folder ROOT/<domain>/<class>/*.jpg) "
                         "or a Hugging Face dataset with a domain column")
     domains = read_real(e.data, cfg.classes, e, e.domains)
-    student_dir = Path(e.student) if e.student else cfg.out / STUDENT_DIR
+    student_dir = evaluated_student(cfg)
     accelerator = Accelerator(mixed_precision=cfg.distill.mixed_precision, cpu=multi_process_cpu())
     student = load_student(student_dir, accelerator.device, trust_code=cfg.distill.student)  # the code it names
     if student.classes != list(cfg.classes):

@@ -10,7 +10,7 @@ from pathlib import Path
 from dfkd.runtime import is_main_process
 from dfkd.stage import Stage
 
-from .cli import report_eval_files, run_evaluation, train_and_report
+from .cli import evaluated_student, report_eval_files, run_evaluation, train_and_report
 from .config import DistillExperiment
 from .evaluate import eval_fingerprint
 from .export import STUDENT_DIR, WEIGHTS_NAME, damaged_files
@@ -34,7 +34,7 @@ def eval_is_current(cfg: DistillExperiment) -> bool:
     """True when ``OUTPUT_DIR/eval.json`` was written under this config's :func:`distill.evaluate.eval_fingerprint`
     (the same student weights, evaluation data and settings)."""
     path = cfg.out / "eval.json"
-    student = Path(cfg.eval.student) if cfg.eval.student else cfg.out / STUDENT_DIR
+    student = evaluated_student(cfg)
     if not path.is_file() or not (student / WEIGHTS_NAME).is_file():
         return False
     try:

@@ -46,9 +46,7 @@ def load_prompt_encoder(cfg: PromptsExperiment) -> StyleTextEncoder:
 def _finished(folder: Path, fingerprint: dict) -> bool:
     """True when a bank with this fingerprint exists, whole; a damaged one is learned again, one learned with other
     settings is an error."""
-    if not (folder / META_FILE).is_file():
-        return False
-    meta = read_bank_meta(folder)
+    meta = read_bank_meta(folder)  # None when absent or damaged
     if meta is None:
         return False
     if meta.get("fingerprint") != fingerprint:

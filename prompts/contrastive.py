@@ -31,6 +31,7 @@ from torch import nn
 
 from dfkd.errors import UserError
 from dfkd.runtime import atomic_path, atomic_write, derive_seed
+from dfkd.schema import file_sha256
 
 from .config import PromptsConfig
 from .encoder import EncoderIdentity, StyleTextEncoder, StyleVectors
@@ -88,8 +89,6 @@ def load_style_bank(run_dir: str | Path, encoder: StyleTextEncoder | None = None
 def read_bank_meta(folder: Path) -> dict | None:
     """``meta.json`` of a finished bank when it reads and the styles file still hashes to the sha256 it records;
     None when either is missing or damaged (a bank from before hashes were recorded counts as damaged)."""
-    from dfkd.schema import file_sha256
-
     try:
         meta = json.loads((folder / META_FILE).read_text("utf-8"))
         ok = isinstance(meta, dict) and meta.get("styles_sha256") == file_sha256(folder / STYLES_FILE)
@@ -108,8 +107,6 @@ def save_style_bank(folder: Path, vectors: torch.Tensor, meta: dict) -> Path:
         save_file({"styles": vectors.detach().float().cpu().contiguous()}, str(tmp), metadata={
             "encoder_model_id": meta["encoder"]["model_id"], "embedding_dim": str(meta["encoder"]["embedding_dim"]),
             "seed": str(meta["seed"]), "template": meta["template"]})
-    from dfkd.schema import file_sha256
-
     meta = {**meta, "styles_sha256": file_sha256(folder / STYLES_FILE)}
     atomic_write(folder / META_FILE, json.dumps(meta, indent=1))
     return folder / STYLES_FILE
