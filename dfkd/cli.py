@@ -183,7 +183,7 @@ def offline_checks(cfg, command: str = "config") -> tuple[list[str], list[str], 
 
     from prompts.templates import TEMPLATE_SETS
 
-    from .models import locate_model
+    from .models import _looks_like_path, locate_model
     from .schema import DATASET_DIR
 
     reads = _READS.get(command, ())
@@ -215,7 +215,7 @@ def offline_checks(cfg, command: str = "config") -> tuple[list[str], list[str], 
         if not value or not key.startswith(reads):
             continue
         checked.append(key)
-        hub_dataset = key.endswith(".data") and value.count("/") == 1 and not value.startswith((".", "/", "~"))
+        hub_dataset = key.endswith(".data") and not _looks_like_path(value)  # read_real's reading: a Hub dataset id
         if not Path(value).expanduser().exists():
             if hub_dataset:
                 notes.append(f"{key}={value}: not a local folder; read as a Hugging Face dataset id when it runs")

@@ -171,6 +171,11 @@ def test_config_command_prints_resolved_yaml_and_what_it_checked():
     assert yaml.safe_load(proc.stdout)["synth"]["images_per_class"] == 5
     assert "dfkd config: checked without loading weights: keys and values, teacher.model, synth.model" in proc.stderr
     assert "not checked here: the student name" in proc.stderr
+    # a Hub dataset id (with or without an owner) is read from the Hub when it runs: a note, not a refusal
+    for data in ("cifar10", "someone/pacs"):
+        proc = _dfkd("config", "--config", str(TINY_YAML), f"eval.data={data}")
+        assert proc.returncode == 0 and f"eval.data={data}: not a local folder; read as a Hugging Face dataset id" \
+            in proc.stderr, proc.stderr
     # the generator is reported, not refused: a backend may load none (a Fourier image needs no model)
     proc = _dfkd("config", "--config", str(TINY_YAML), "synth.model=tiny:nope")
     assert proc.returncode == 0 and "dfkd config: synth.model=tiny:nope: unknown; valid: tiny:clip" in proc.stderr
