@@ -392,11 +392,13 @@ def test_a_damaged_head_cache_entry_is_computed_again(tmp_path, monkeypatch, tea
 
 
 def test_head_cache_key_follows_local_weight_files(tmp_path, teacher):
-    """Retrained weights (another size or mtime of a ``*.safetensors`` or ``*.bin`` file, at any depth) miss the cache."""
+    """Retrained weights (another size or mtime of a ``*.safetensors`` or ``*.bin`` file, at any depth) miss the
+    cache, each kind on its own; other files of the folder (a README) do not."""
     folder = tmp_path / "model"
     (folder / "sub").mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"x")
     (folder / "sub" / "pytorch_model.bin").write_bytes(b"y")
+    (folder / "README.md").write_text("a model")
     enc = StyleTextEncoder(teacher.model, teacher.text.tokenizer, str(folder))
     cache = tmp_path / "cache"
 
@@ -404,13 +406,21 @@ def test_head_cache_key_follows_local_weight_files(tmp_path, teacher):
         build_zero_shot_head(teacher.model, enc, ["dog"], ["a photo of a {}."], cache)
         return len(list(cache.glob("zeroshot-*.safetensors")))
 
-    assert build() == 1 and build() == 1
-    for name in ("model.safetensors", "sub/pytorch_model.bin"):
-        stamp = (folder / name).stat().st_mtime + 100
+    def touch(name, seconds):
+        stamp = (folder / name).stat().st_mtime + seconds
         os.utime(folder / name, (stamp, stamp))
+
+    assert build() == 1 and build() == 1
+    touch("README.md", 100)
+    assert build() == 1
+    touch("model.safetensors", 100)
     assert build() == 2
-    os.utime(folder / "sub" / "pytorch_model.bin", (stamp + 100, stamp + 100))
+    touch("sub/pytorch_model.bin", 100)
     assert build() == 3
+    before = (folder / "model.safetensors").stat().st_mtime
+    (folder / "model.safetensors").write_bytes(b"xx")
+    os.utime(folder / "model.safetensors", (before, before))  # another size alone
+    assert build() == 4
 
 
 def test_head_of_a_model_without_logit_scale(tmp_path, encoders):

@@ -98,9 +98,14 @@ def test_cutouts_emit_no_warnings_and_pass_gradients():
     from synth.backends.cutouts import make_cutouts
 
     images = torch.rand(1, 3, 9, 9, requires_grad=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        out = make_cutouts(images, [torch.Generator().manual_seed(0)], cutouts=2, size=5)
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch's warn-once notices (meshgrid without indexing) fire even if seen before
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = make_cutouts(images, [torch.Generator().manual_seed(0)], cutouts=2, size=5)
+    finally:
+        torch.set_warn_always(always)
     out.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
 
@@ -375,3 +380,58 @@ def test_clip_guided_images_are_in_range_whatever_the_parameterization_renders(t
         assert images.min() == 0 and images.max() == 1  # 10 x N(0, 0.5) reaches far past both ends
     finally:
         _PARAMETERIZATIONS._items.pop("test_unbounded", None)
+
+
+def test_a_pipeline_that_registers_no_text_encoder_is_refused_in_one_line(tiny_pipe):
+    """A custom pipeline whose ``__call__`` takes ``prompt_embeds`` but that registers no ``text_encoder`` at all:
+    refused like one whose text encoder is None, not an AttributeError."""
+    from diffusers import DiffusionPipeline
+
+    from synth.backends.diffusion import check_pipeline
+
+    class EmbedsOnly(DiffusionPipeline):
+        def __init__(self, unet, scheduler):
+            super().__init__()
+            self.register_modules(unet=unet, scheduler=scheduler)
+
+        def __call__(self, prompt_embeds=None, num_inference_steps=1):
+            raise AssertionError("never called")
+
+    pipe = EmbedsOnly(tiny_pipe.unet, tiny_pipe.scheduler)
+    assert not hasattr(pipe, "text_encoder")
+    with pytest.raises(UserError, match="no prompt_embeds from one CLIP text encoder"):
+        check_pipeline(pipe, "x", 32)
+
+
+def test_a_pipeline_saved_with_a_safety_checker_loads_without_it_and_without_a_warning(tmp_path, tiny_pipe, capfd):
+    """An SD 1.x folder ships a safety checker (which would black out images and cost memory): synth loads the
+    pipeline without it, and says nothing about having disabled it."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "image_size": 32, "patch_size": 4}
+    checker = StableDiffusionSafetyChecker(CLIPConfig(vision_config=vision, projection_dim=768)).eval()
+    folder = tmp_path / "sd-with-checker"
+    StableDiffusionPipeline(**{**tiny_pipe.components, "safety_checker": checker,
+                               "feature_extractor": CLIPImageProcessor()}).save_pretrained(folder)
+    assert (folder / "safety_checker" / "config.json").is_file()
+    capfd.readouterr()
+    _, backend = _load_diffusion(tmp_path, f"synth.model={folder}")
+    assert backend.pipe.safety_checker is None
+    assert "safety checker" not in capfd.readouterr().err
+
+
+def test_synth_compile_wraps_the_unet_in_torch_compile(tmp_path):
+    """``synth.compile=true`` hands the pipeline's own UNet to ``torch.compile`` (compiled lazily, on the first
+    call, so loading stays cheap here)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    _, plain = _load_diffusion(tmp_path)
+    _, compiled = _load_diffusion(tmp_path, "synth.compile=true")
+    assert not isinstance(plain.pipe.unet, OptimizedModule)
+    assert isinstance(compiled.pipe.unet, OptimizedModule)
+    assert type(compiled.pipe.unet._orig_mod) is type(plain.pipe.unet)
+    assert all(torch.equal(a, b) for a, b in zip(compiled.pipe.unet._orig_mod.state_dict().values(),
+                                                 plain.pipe.unet.state_dict().values()))
