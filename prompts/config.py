@@ -60,6 +60,9 @@ class PromptsConfig:
     method: str = "contrastive"  #: plain, handcrafted, mix, random, contrastive, or a registered name
     template: str = "a {style} style image of a {class_name}"
     plain_template: str = "a photo of a {class_name}"
+    #: "a" before {class_name} / a style word made "an" where English says so ("an elephant", "an engraving"); off
+    #: for a text encoder that only ever read "a" (the digits kit's captions)
+    articles: bool = True
     style_dictionary: str | None = None  #: a text file of style words (one per line); default: package data
     num_style_tokens: int = 1  #: pseudo tokens in the style slot
     mix_words: list[int] = field(default_factory=lambda: [2, 3])  #: Mix-Prompt: words per style, uniform over this list

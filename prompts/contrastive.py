@@ -42,6 +42,7 @@ from .styles import (
     style_features,
     text_features,
 )
+from .templates import with_articles
 
 BANK_SUBDIR = Path("prompts") / "contrastive"
 STYLES_FILE = "styles.safetensors"
@@ -118,7 +119,7 @@ def learn_fingerprint(cfg: PromptsConfig, classes: Sequence[str], seed: int, enc
     c = asdict(cfg.contrastive)
     c.pop("checkpoint_every")
     return {"encoder": encoder_id, "classes": list(classes), "seed": int(seed), "template": cfg.template,
-            "plain_template": cfg.plain_template, "num_style_tokens": cfg.num_style_tokens,
+            "plain_template": cfg.plain_template, "articles": cfg.articles, "num_style_tokens": cfg.num_style_tokens,
             "random_rescale": cfg.random_rescale, "contrastive": c}
 
 
@@ -147,7 +148,10 @@ class ContrastiveLearner:
         self.encoder, self.classes, self.cfg, self.seed = encoder, list(classes), cfg, int(seed)
         self.c = cfg.contrastive
         self.stats = EmbeddingStats.for_config(cfg, encoder)  # initialised as Random-Prompt
-        self.plain = text_features(encoder, [cfg.plain_template.replace("{class_name}", n) for n in self.classes])
+        fit = (lambda t, n: with_articles(t, n)) if cfg.articles else (lambda t, n: t)
+        #: per class: the template the styles are learned in (articles fitted to the name, as synthesis writes it)
+        self.templates = [fit(cfg.template, n) for n in self.classes]
+        self.plain = text_features(encoder, [fit(cfg.plain_template, n).replace("{class_name}", n) for n in self.classes])
 
     def initial_styles(self) -> torch.Tensor:
         """``(K, n, d)``: Random-Prompt vectors drawn from the learning seed."""
@@ -165,7 +169,8 @@ class ContrastiveLearner:
 
     def styled_class(self, styles: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``(B, D)``: features of ``template(styles[i], classes[labels[i]])``."""
-        return style_features(self.encoder, self.cfg.template, [self.classes[i] for i in labels.tolist()], styles)
+        idx = labels.tolist()
+        return style_features(self.encoder, [self.templates[i] for i in idx], [self.classes[i] for i in idx], styles)
 
     def loss(self, styles: torch.Tensor, memory: torch.Tensor, rnd: int, step: int) -> dict[str, torch.Tensor]:
         """Losses of one step on the round's styles ``(k_r, n, d)`` (trainable) with ``memory`` ``(M, D)``."""

@@ -62,8 +62,7 @@ def diversity(method: PromptMethod, num_styles: int, label: int = 0) -> float:
 def class_consistency(method: PromptMethod, per_class: int) -> float:
     """Zero-shot accuracy of ``per_class`` styled prompts per class against the plain class features."""
     records = [method.record(c, i) for c in range(len(method.classes)) for i in range(per_class)]
-    plain = text_features(method.encoder, [method.cfg.plain_template.replace("{class_name}", c)
-                                           for c in method.classes]).cpu()
+    plain = text_features(method.encoder, [method.plain_text(c) for c in range(len(method.classes))]).cpu()
     # features of the full prompts (what conditions the generator)
     pred = (_features(method, records, lambda r: (r.template, r.class_name, r.text)) @ plain.t()).argmax(-1)
     return float((pred == torch.tensor([r.label for r in records])).float().mean())

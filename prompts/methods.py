@@ -38,6 +38,7 @@ from .styles import (
     mix_weights,
     random_styles,
 )
+from .templates import with_articles
 
 
 @dataclass
@@ -105,8 +106,18 @@ class PromptMethod:
         """The style draw's own stream (independent of the image seed)."""
         return np.random.default_rng(derive_seed("style", self.name, self.seed, label, index))
 
-    def _text(self, label: int, style: str) -> str:
-        return self.cfg.template.replace(STYLE_SLOT, style).replace("{class_name}", self.classes[label])
+    def _template(self, label: int, style_word: str | None = None, template: str | None = None) -> str:
+        """``template`` (default ``prompts.template``) for class ``label``, its articles fitted to the class name and
+        a text ``style_word`` (``prompts.articles``)."""
+        template = self.cfg.template if template is None else template
+        return with_articles(template, self.classes[label], style_word) if self.cfg.articles else template
+
+    def plain_text(self, label: int) -> str:
+        """``plain_template`` filled with class ``label`` (the baseline prompt, "a photo of an elephant")."""
+        return self._template(label, template=self.cfg.plain_template).replace("{class_name}", self.classes[label])
+
+    def _text(self, label: int, style: str, style_word: str | None = None) -> str:
+        return self._template(label, style_word).replace(STYLE_SLOT, style).replace("{class_name}", self.classes[label])
 
     @torch.no_grad()
     def encode(self, records: Sequence[PromptRecord]) -> TextEncoding:
@@ -177,8 +188,7 @@ class PlainPrompt(PromptMethod):
     """``plain_template`` with the class name, no style."""
 
     def record(self, label: int, index: int) -> PromptRecord:
-        t = self.cfg.plain_template
-        return self._base(label, index, t, t.replace("{class_name}", self.classes[label]))
+        return self._base(label, index, self._template(label, template=self.cfg.plain_template), self.plain_text(label))
 
 
 @register_prompt_method("handcrafted")
@@ -197,7 +207,7 @@ class HandcraftedPrompt(PromptMethod):
     def record(self, label: int, index: int) -> PromptRecord:
         perm = _permutation(len(self.words), self.name, self.seed, label, index // len(self.words))
         word = self.words[perm[index % len(self.words)]]
-        return self._base(label, index, self.cfg.template, self._text(label, word), style_words=[word],
+        return self._base(label, index, self._template(label, word), self._text(label, word, word), style_words=[word],
                           style_weights=[1.0], style_text=word)
 
 
@@ -215,7 +225,7 @@ class MixPrompt(PromptMethod):
     def record(self, label: int, index: int) -> PromptRecord:
         idx, lam = mix_weights(len(self.embeddings.words), self.cfg.mix_words, self.cfg.mix_alpha, self._rng(label, index))
         vector = self.embeddings.mix(idx, lam).expand(self.cfg.num_style_tokens, -1).clone()
-        return self._base(label, index, self.cfg.template, self._text(label, "<style:mix>"), style_vector=vector,
+        return self._base(label, index, self._template(label), self._text(label, "<style:mix>"), style_vector=vector,
                           style_words=[self.embeddings.words[i] for i in idx], style_weights=lam)
 
 
@@ -231,7 +241,7 @@ class RandomPrompt(PromptMethod):
     def record(self, label: int, index: int) -> PromptRecord:
         vseed = derive_seed("style", self.name, self.seed, label, index)
         vector = random_styles(self.stats, 1, self.cfg.num_style_tokens, vseed, self.cfg.random_rescale)[0]
-        return self._base(label, index, self.cfg.template, self._text(label, "<style:random>"), style_vector=vector,
+        return self._base(label, index, self._template(label), self._text(label, "<style:random>"), style_vector=vector,
                           vector_seed=vseed)
 
 
@@ -256,5 +266,5 @@ class ContrastivePrompt(PromptMethod):
     def record(self, label: int, index: int) -> PromptRecord:
         k = len(self.bank.vectors)
         style_id = _permutation(k, self.name, self.seed, label, index // k)[index % k]
-        return self._base(label, index, self.cfg.template, self._text(label, f"<style:contrastive-{style_id}>"),
+        return self._base(label, index, self._template(label), self._text(label, f"<style:contrastive-{style_id}>"),
                           style_vector=self.bank.vectors[style_id].clone(), style_id=style_id)

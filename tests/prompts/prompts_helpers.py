@@ -7,6 +7,8 @@ import torch
 from prompts.config import ContrastiveConfig, PromptsConfig
 
 CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+#: the article English writes before a class name that does not take "a"
+AN = {"elephant": "an"}
 ENCODERS = {"clip": ("tiny:clip", "clip"), "sd": ("tiny:sd", "pipeline")}
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
-from prompts_helpers import CLASSES, small_contrastive, unit
+from prompts_helpers import AN, CLASSES, small_contrastive, unit
 
 from dfkd.errors import UserError
 from dfkd.runtime import derive_seed
@@ -99,8 +99,10 @@ def test_step_loss_is_l_div_plus_lambda_l_cls_rebuilt_from_the_step_seed(clip, r
         labels = (torch.randperm(len(CLASSES), generator=g) if first
                   else torch.randint(len(CLASSES), (9,), generator=g))
         pick = torch.randint(len(batch), (len(labels),), generator=g)
-        u = clip.encode(cfg.template, [CLASSES[i] for i in labels.tolist()], s[pick]).features
-        w = clip.encode_text([f"a drawing of a {n}" for n in CLASSES]).features
+        names = [CLASSES[i] for i in labels.tolist()]  # English articles, written out: "an elephant"
+        u = clip.encode([f"a {{style}} style image of {AN.get(n, 'a')} {{class_name}}" for n in names], names,
+                        s[pick]).features
+        w = clip.encode_text([f"a drawing of {AN.get(n, 'a')} {n}" for n in CLASSES]).features
     torch.testing.assert_close(learner.plain, w, atol=1e-5, rtol=1e-5)
     div, cls = _l_div_by_hand(anchors, positives, memory, c.tau), _l_cls_by_hand(u, w, labels, c.tau_cls)
     torch.testing.assert_close(got["div"], div, atol=1e-4, rtol=1e-4)
@@ -221,7 +223,7 @@ def test_fingerprint_records_every_setting_the_styles_depend_on_but_not_checkpoi
     c = asdict(cfg.contrastive)
     del c["checkpoint_every"]
     assert fp == {"encoder": "enc/id", "classes": list(CLASSES), "seed": 5, "template": cfg.template,
-                  "plain_template": cfg.plain_template, "num_style_tokens": 2, "random_rescale": True,
+                  "plain_template": cfg.plain_template, "articles": True, "num_style_tokens": 2, "random_rescale": True,
                   "contrastive": c}
     assert json.loads(json.dumps(fp)) == fp  # it is stored in meta.json and compared after reading back
     other = replace(cfg, contrastive=replace(cfg.contrastive, checkpoint_every=999))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from prompts_helpers import CLASSES, ENCODERS, small_contrastive
+from prompts_helpers import AN, CLASSES, ENCODERS, small_contrastive
 
 from dfkd.errors import UserError
 from prompts.config import PromptsConfig
@@ -99,7 +99,7 @@ def test_mix_vectors_are_convex_combinations_of_dictionary_embeddings(encoder, t
         expected = sum(w * encoder.word_embedding(word).double() for w, word in zip(lam, r.style_words))
         assert r.style_vector.shape == (2, encoder.embedding_dim)
         torch.testing.assert_close(r.style_vector, expected.float().expand(2, -1), atol=1e-6, rtol=1e-5)
-        assert r.text == f"a <style:mix> style image of a {r.class_name}"
+        assert r.text == f"a <style:mix> style image of {AN.get(r.class_name, 'a')} {r.class_name}"
 
 
 def test_random_vectors_match_the_embedding_table_statistics(encoder, tmp_path):
@@ -162,7 +162,8 @@ def test_records_carry_label_class_and_style_fields(encoder, learned_run):
     assert (r.label, r.class_name, r.index, r.text, r.style_vector) == (2, "giraffe", 5, "a photo of a giraffe", None)
     assert r.seed == image_seed(0, 2, 5)
     h = hand.record(1, 0)
-    assert h.text == f"a {h.style_text} style image of a elephant" and h.style_words == [h.style_text]
+    first = "an" if h.style_text[0] in "aeiou" else "a"  # the package dictionary: the first letter decides
+    assert h.text == f"{first} {h.style_text} style image of an elephant" and h.style_words == [h.style_text]
     # contrastive cycles through all K learned styles in every block of K images of a class
     k = contrastive.cfg.contrastive.num_styles
     assert sorted(contrastive.record(3, i).style_id for i in range(k, 2 * k)) == list(range(k))

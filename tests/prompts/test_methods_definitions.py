@@ -14,7 +14,7 @@ import locale
 import numpy as np
 import pytest
 import torch
-from prompts_helpers import CLASSES
+from prompts_helpers import AN, CLASSES
 
 from dfkd.errors import UserError
 from dfkd.runtime import derive_seed
@@ -81,9 +81,13 @@ def expected_text(r) -> str:
     """The prompt of docs/method.md section 3: text styles written in, vector styles as a marker."""
     style = {"handcrafted": r.style_text, "mix": "<style:mix>", "random": "<style:random>",
              "contrastive": f"<style:contrastive-{r.style_id}>"}
+    an = AN.get(r.class_name, "a")  # English: "an elephant"
     if r.method == "plain":
-        return f"a photo of a {r.class_name}"
-    return f"a {style[r.method]} style image of a {r.class_name}"
+        return f"a photo of {an} {r.class_name}"
+    # a style word written in takes its own article (the package dictionary has no vowel-initial word said with a
+    # consonant sound, so its first letter decides); a vector style's marker keeps "a"
+    word = style[r.method]
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word} style image of {an} {r.class_name}"
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -94,7 +98,10 @@ def test_records_carry_the_image_identity_template_and_prompt_text(name, clip, r
         r = method.record(label, index)
         assert (r.label, r.class_name, r.index, r.method) == (label, CLASSES[label], index, name)
         assert r.seed == image_seed(3, label, index)
-        assert r.template == ("a photo of a {class_name}" if name == "plain" else "a {style} style image of a {class_name}")
+        an = AN.get(r.class_name, "a")
+        first = "an" if name == "handcrafted" and r.style_text[0] in "aeiou" else "a"
+        assert r.template == (f"a photo of {an} {{class_name}}" if name == "plain"
+                              else f"{first} {{style}} style image of {an} {{class_name}}")
         assert r.text == expected_text(r)
         assert (r.style_vector is None) == (name in ("plain", "handcrafted"))
 
@@ -299,3 +306,43 @@ def test_mean_pairwise_cosine_distance_averages_one_minus_cosine_over_distinct_p
     assert mean_pairwise_cosine_distance(torch.eye(2)) == pytest.approx(1.0)
     assert mean_pairwise_cosine_distance(x[[2, 2, 2]]) == pytest.approx(0.0, abs=1e-6)
     assert mean_pairwise_cosine_distance(x[:1]) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- articles
+@pytest.mark.parametrize("word, article", [
+    ("elephant", "an"), ("engraving", "an"), ("oil painting", "an"), ("umbrella", "an"), ("hour", "an"),
+    ("dog", "a"), ("one", "a"), ("unicorn", "a"), ("European house", "a"), ("house", "a"), ("8", "a"), ("", "a"),
+])
+def test_takes_an_follows_the_sound_of_the_first_word(word, article):
+    from prompts.templates import takes_an
+
+    assert ("an" if takes_an(word) else "a") == article
+
+
+def test_with_articles_changes_only_an_a_right_before_its_slot():
+    from prompts.templates import with_articles
+
+    t = "a {style} style image of a {class_name}, a photo"
+    assert with_articles(t, "elephant", "engraving") == "an {style} style image of an {class_name}, a photo"
+    assert with_articles(t, "elephant") == "a {style} style image of an {class_name}, a photo"
+    assert with_articles(t, "dog", "sketch") == t
+    assert with_articles("A {class_name} in a {style}", "owl", "etching") == "An {class_name} in an {style}"
+    assert with_articles("Ma {class_name} and the {class_name}", "owl") == "Ma {class_name} and the {class_name}"
+
+
+@pytest.mark.parametrize("articles", [True, False])
+def test_prompts_articles_decides_the_text_of_every_method(articles, clip, run_dir):
+    """"an elephant" in every method's prompt (and "an engraving" for a text style), unless prompts.articles=false
+    keeps the template's "a" (for a text encoder that only ever read "a")."""
+    elephant = CLASSES.index("elephant")
+    want = "an elephant" if articles else "a elephant"
+    for name in METHODS:
+        method = make(name, clip, run_dir, seed=3, articles=articles)
+        r = method.record(elephant, 0)
+        assert r.text.endswith(want), (name, r.text)
+        assert method.plain_text(elephant) == f"a photo of {'an' if articles else 'a'} elephant"
+    hand = make("handcrafted", clip, run_dir, articles=articles)
+    hand.words = ["engraving"]
+    assert hand.record(0, 0).text == ("an engraving style image of a dog" if articles else
+                                      "a engraving style image of a dog")
+    assert PromptsConfig().articles is True
