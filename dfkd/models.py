@@ -130,6 +130,13 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     return _HUB_REACHABLE
 
 
+def loads_offline(model_id: str) -> bool:
+    """Whether ``model_id`` must load from local files only: the Hub is switched off, or it is a Hub id and the Hub
+    cannot be reached (so a load fails within seconds instead of retrying)."""
+    return _env_offline() or (not Path(resolve_model_id(model_id)).exists() and not _looks_like_path(model_id)
+                              and not hub_reachable())
+
+
 def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: Any) -> Any:
     """``cls.from_pretrained(resolve_model_id(model_id), **kwargs)`` with a one-line error when it cannot load.
 
@@ -138,7 +145,7 @@ def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: A
     here; callers pass it only when the user asked.
     """
     path = resolve_model_id(model_id)
-    offline = _env_offline() or (not Path(path).exists() and not _looks_like_path(model_id) and not hub_reachable())
+    offline = loads_offline(model_id)
     if offline:
         kwargs = {**kwargs, "local_files_only": True}
     try:

@@ -16,6 +16,7 @@ depends only on its own record and seed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -136,20 +137,29 @@ class StrokeImage(Parameterization):
 
 
 def load_autoencoder(model_id: str, dtype: torch.dtype):
-    """A diffusers ``VQModel`` or ``AutoencoderKL`` by id (class read from its config)."""
+    """A diffusers ``VQModel`` or ``AutoencoderKL`` by id (class read from its config): an autoencoder's own folder,
+    or the ``vae`` of a text-to-image pipeline (``tiny:sd``, ``stabilityai/sd-turbo``)."""
     from diffusers import AutoencoderKL, VQModel
 
-    from dfkd.models import load_pretrained, resolve_model_id
+    from dfkd.models import load_pretrained, loads_offline, resolve_model_id
 
-    try:
-        cls_name = VQModel.load_config(resolve_model_id(model_id)).get("_class_name")
-    except (OSError, ValueError):
-        cls_name = None  # load_pretrained below turns the failure into one clear line
+    path, local_only = resolve_model_id(model_id), loads_offline(model_id)
+    cls_name, sub = None, {}
+    for where in ({}, {"subfolder": "vae"}):  # the folder itself, else a pipeline's vae/
+        try:
+            with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it deprecated
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
+                config = VQModel.load_config(path, local_files_only=local_only, **where)
+            cls_name, sub = config.get("_class_name"), where
+            break
+        except (OSError, ValueError):
+            continue  # load_pretrained below turns a failure of both into one clear line
     classes = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
     if cls_name is not None and cls_name not in classes:
         raise UserError(f"synth.model '{model_id}' is a {cls_name}; the clip_guided decoder needs a VQModel or "
-                        "AutoencoderKL (or set synth.clip_guided.parameterization=pixels or fourier)")
-    return load_pretrained(classes.get(cls_name, VQModel), model_id, what="autoencoder", dtype=dtype)
+                        "AutoencoderKL, or a pipeline with one as its vae (or set "
+                        "synth.clip_guided.parameterization=pixels or fourier)")
+    return load_pretrained(classes.get(cls_name, VQModel), model_id, what="autoencoder", dtype=dtype, **sub)
 
 
 @register_parameterization("decoder")

@@ -148,7 +148,7 @@ def test_diffusion_guidance_uses_negative_embeddings(tmp_path, teacher):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("synth.resolution=36", "multiple of 8"),
+    ("synth.resolution=36", r"cannot be produced by 'tiny:sd' \(needs a multiple of 8\)"),  # names the model
     ("synth.scheduler=NoSuchScheduler", "unknown synth.scheduler"),
     ("synth.model=tiny:vqgan", "cannot load diffusion pipeline"),
 ])
@@ -290,3 +290,26 @@ def test_clip_guided_styles_live_in_the_teachers_text_tower(tmp_path):
     cfg = fast_config(tmp_path, *CLIP_GUIDED, "prompts.encoder=auto")
     encoder = load_prompt_encoder(cfg)
     assert encoder.identity.model_id == cfg.teacher.model == "tiny:clip"  # loaded as a CLIP model, not a pipeline
+
+
+def test_clip_guided_over_a_pipeline_uses_its_vae(tmp_path, teacher):
+    """``synth.model`` may name a text-to-image pipeline: the decoder is its ``vae`` (here the tiny SD's
+    AutoencoderKL), weights and all."""
+    from diffusers import AutoencoderKL
+
+    from dfkd.models import resolve_model_id
+
+    cfg = fast_config(tmp_path, *CLIP_GUIDED, "synth.model=tiny:sd", "synth.clip_guided.parameterization=decoder")
+    backend = _load(cfg, teacher)
+    own = AutoencoderKL.from_pretrained(resolve_model_id("tiny:sd"), subfolder="vae")
+    assert isinstance(backend.param.ae, AutoencoderKL)
+    assert all(torch.equal(a, b) for a, b in zip(backend.param.ae.state_dict().values(), own.state_dict().values()))
+    records, enc = _records(cfg, backend, KEYS[:2])
+    a = backend.generate(records, enc)
+    assert a.shape == (2, 3, 32, 32) and 0 <= a.min() and a.max() <= 1 and torch.equal(a, backend.generate(records, enc))
+
+
+def test_clip_guided_over_a_model_without_an_autoencoder_is_one_line(tmp_path, teacher):
+    cfg = fast_config(tmp_path, *CLIP_GUIDED, "synth.model=tiny:clip", "synth.clip_guided.parameterization=decoder")
+    with pytest.raises(UserError, match="cannot load autoencoder"):
+        _load(cfg, teacher)
