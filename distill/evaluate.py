@@ -105,7 +105,9 @@ class Evaluator:
         mean = {who: (sum(r[who] for r in rows) / len(rows) if rows and rows[0][who] is not None else None)
                 for who in ("teacher", "student")}
         flat = {who: {**{r["domain"]: r[who] for r in rows}, "mean": mean[who]} for who in ("teacher", "student")}
-        return {"domains": rows, "mean": mean, "teacher_flat": flat["teacher"], "student_flat": flat["student"]}
+        classes = len(self.teacher.clip.head.classes)
+        return {"domains": rows, "mean": mean, "chance": 100 / classes, "classes": classes,
+                "teacher_flat": flat["teacher"], "student_flat": flat["student"]}
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -118,6 +120,9 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines.append(f"| {r['domain']} | {r['images']} | {pct(r['teacher'])} | {pct(r['student'])} |")
     m = result["mean"]
     lines.append(f"| **mean** | {sum(r['images'] for r in result['domains'])} | **{pct(m['teacher'])}** | **{pct(m['student'])}** |")
+    if result.get("chance") is not None:
+        lines += ["", (f"Chance is {result['chance']:.1f} % ({result['classes']} classes): guessing scores that on "
+                       "balanced domains; the teacher is the ceiling the student was distilled towards.")]
     return "\n".join(lines) + "\n"
 
 

@@ -160,3 +160,30 @@ def test_smoke_run_end_to_end(tmp_path):
     # and reports the stage times measured when the stages ran
     assert [r["seconds"] for runs in res2["runs"].values() for r in runs] == \
         [r["seconds"] for runs in res["runs"].values() for r in runs]
+
+
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end_and_says_what_its_numbers_mean(tmp_path):
+    """`make demo`'s two commands (configs/demo.yaml) on the smoke kit with small counts: real evaluation domains,
+    the per-domain table, the chance line and the preview grid's path."""
+    env = dict(os.environ, DFKD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO_ROOT), DFKD_DIGITS_PROFILE="smoke")
+    root = tmp_path / "domains"
+    made = subprocess.run([sys.executable, "-m", "bench.digits.domains", str(root), "--per-class", "3"], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "optdigits 30" in made.stdout and len(list((root / "mnist_m" / "seven").glob("*.png"))) == 3
+    run = subprocess.run([sys.executable, "-m", "dfkd", "run", "--config", "configs/demo.yaml",
+                          f"output_dir={tmp_path / 'demo'}", f"eval.data={root}", "synth.images_per_class=2",
+                          "synth.clip_guided.iterations=2", "distill.max_steps=3", "distill.batch_size=10", "synth.progress=false"],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "building digits:clip-demo" in out
+    for domain in domains.DOMAINS:
+        assert f"| {domain} | 30 |" in out
+    assert "Chance is 10.0 % (10 classes)" in out
+    assert f"preview grid  {tmp_path / 'demo' / 'dataset' / 'preview.png'}" in out
+    assert (tmp_path / "demo" / "dataset" / "preview.png").is_file()
+    bad = subprocess.run([sys.executable, "-m", "bench.digits.domains", str(root), "--per-class", "0"], cwd=REPO_ROOT,
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "--per-class must be at least 1" in bad.stderr

@@ -122,11 +122,14 @@ def test_every_shipped_config_loads():
     for path in configs:
         cfg = load_config(path)
         sizes[path.stem] = len(cfg.classes)
-        if path.stem not in ("tiny", "digits"):  # digits: the benchmark's own trained teacher
+        if path.stem not in ("tiny", "digits", "demo"):  # digits, demo: the digits kit's own trained teachers
             assert cfg.teacher.model == "openai/clip-vit-base-patch32"
     assert sizes["pacs"] == 7 and sizes["vlcs"] == 5 and sizes["office_home"] == 65
     assert sizes["domainnet"] == 345 and sizes["imageclef_da"] == 12 and sizes["visda2017"] == 12
-    assert sizes["digits"] == 10
+    assert sizes["digits"] == sizes["demo"] == 10
+    demo, digits = (load_config(REPO_ROOT / "configs" / f"{n}.yaml") for n in ("demo", "digits"))
+    assert demo.teacher.model == "digits:clip-demo" and demo.eval.data == "runs/demo/domains"
+    assert not demo.prompts.articles and not digits.prompts.articles  # the kit's captions only ever say "a"
     assert load_config(REPO_ROOT / "configs" / "pacs_vqgan.yaml").synth.backend == "clip_guided"
 
 

@@ -20,7 +20,7 @@ def kit(tmp_path_factory):
     cache = tmp_path_factory.mktemp("digits-cache")
     mp.setenv("DFKD_CACHE", str(cache))
     mp.setenv(digits.PROFILE_ENV, "smoke")
-    folders = {n: resolve_model_id(f"digits:{n}") for n in ("sd", "vqgan")}  # sd builds clip and vae first
+    folders = {n: resolve_model_id(f"digits:{n}") for n in ("sd", "vqgan", "clip-demo")}  # sd builds clip, vae
     yield cache / "digits", folders
     mp.undo()
 
@@ -31,7 +31,8 @@ def test_every_kit_id_builds_once_and_loads_with_from_pretrained(kit):
 
     root, folders = kit
     for name in digits.NAMES:
-        assert len(list(root.glob(f"{name}-*-smoke"))) == 1, name
+        assert [p.name for p in root.glob(f"{name}-*-smoke") if p.name.count("-") == name.count("-") + 2] == \
+            [f"{name}-{digits.key(name)}-smoke"], name
     clip = CLIPModel.from_pretrained(resolve_model_id("digits:clip"))
     assert clip.config.vision_config.image_size == 32
     pipe = StableDiffusionPipeline.from_pretrained(folders["sd"], safety_checker=None, requires_safety_checker=False)
@@ -47,7 +48,7 @@ def test_every_kit_id_builds_once_and_loads_with_from_pretrained(kit):
 def test_kit_cards_say_what_data_each_model_saw(kit):
     root, _ = kit
     for name in digits.NAMES:
-        meta = json.loads((next(root.glob(f"{name}-*-smoke")) / "dfkd_recipe.json").read_text())
+        meta = json.loads((root / f"{name}-{digits.key(name)}-smoke" / "dfkd_recipe.json").read_text())
         assert "MNIST training digits" in meta["data_seen"] and "MNIST test digits" in meta["not_seen"]
         assert meta["summary"]["seconds"] > 0
     sd = json.loads((next(root.glob("sd-*-smoke")) / "dfkd_recipe.json").read_text())
