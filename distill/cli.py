@@ -89,3 +89,22 @@ def run_evaluation(cfg: DistillExperiment) -> dict:
         write_eval(result, cfg.out, {"data": e.data, "student": str(student_dir), "teacher": cfg.teacher.model,
                                      "fingerprint": eval_fingerprint(cfg, student_dir)})
     return result
+
+
+def export_onnx(args) -> int:
+    """``dfkd export-onnx STUDENT_DIR``: the ONNX file, its parity with PyTorch, the card's ONNX section."""
+    from .onnx import TOLERANCE
+    from .onnx import export_onnx as export
+
+    folder = Path(args.student_dir)
+    if not folder.is_dir():
+        raise UserError(f"no student folder at '{folder}'; pass the student/ folder `dfkd distill` wrote")
+    result = export(folder, trust_code=args.trust_code, opset=args.opset)
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in result["max_abs_diff"].items())
+    spec = result["spec"]
+    print(f"wrote {result['path']}: input pixel_values (batch, 3, {spec['shape'][-1]}, {spec['shape'][-1]}) normalised "
+          f"with mean {tuple(round(v, 4) for v in spec['mean'])} and std {tuple(round(v, 4) for v in spec['std'])}; "
+          f"outputs {', '.join(spec['outputs'])}")
+    print(f"parity with PyTorch on a batch of {result['batch']} (onnxruntime, CPU): max |difference| {diffs} "
+          f"(at most {TOLERANCE}); the model card's ONNX section shows how to run it")
+    return 0
