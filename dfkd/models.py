@@ -8,6 +8,7 @@ Every place that accepts a model id calls :func:`resolve_model_id` and loads thr
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,10 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     return _HUB_REACHABLE
 
 
+#: what huggingface_hub says each time diffusers passes it an argument it deprecated (nothing a user can act on)
+DIFFUSERS_HUB_NOTICE = ".*local_dir_use_symlinks"
+
+
 def loads_offline(model_id: str) -> bool:
     """Whether ``model_id`` must load from local files only: the Hub is switched off, or it is a Hub id and the Hub
     cannot be reached (so a load fails within seconds instead of retrying)."""
@@ -149,7 +154,9 @@ def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: A
     if offline:
         kwargs = {**kwargs, "local_files_only": True}
     try:
-        return cls.from_pretrained(path, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=DIFFUSERS_HUB_NOTICE)
+            return cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         if Path(path).exists():
             raise UserError(

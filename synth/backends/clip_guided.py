@@ -141,14 +141,14 @@ def load_autoencoder(model_id: str, dtype: torch.dtype):
     or the ``vae`` of a text-to-image pipeline (``tiny:sd``, ``stabilityai/sd-turbo``)."""
     from diffusers import AutoencoderKL, VQModel
 
-    from dfkd.models import load_pretrained, loads_offline, resolve_model_id
+    from dfkd.models import DIFFUSERS_HUB_NOTICE, load_pretrained, loads_offline, resolve_model_id
 
     path, local_only = resolve_model_id(model_id), loads_offline(model_id)
     cls_name, sub = None, {}
     for where in ({}, {"subfolder": "vae"}):  # the folder itself, else a pipeline's vae/
         try:
             with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it deprecated
-                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
+                warnings.filterwarnings("ignore", message=DIFFUSERS_HUB_NOTICE)
                 config = VQModel.load_config(path, local_files_only=local_only, **where)
             cls_name, sub = config.get("_class_name"), where
             break

@@ -282,3 +282,15 @@ def test_a_bank_counts_only_when_its_styles_hash_to_the_sha256_its_meta_records(
     assert read_bank_meta(folder) is None
     with pytest.raises(UserError, match="are damaged"):
         load_style_bank(tmp_path)
+
+
+@pytest.mark.parametrize("articles", [True, False])
+def test_styles_are_learned_in_the_prompts_synthesis_writes(clip, articles):
+    """The class templates and plain class features of the learner follow prompts.articles, as the prompt methods do:
+    "an elephant" with it, "a elephant" without (written out by hand here)."""
+    cfg = replace(small_contrastive(), plain_template="a drawing of a {class_name}", articles=articles)
+    learner = ContrastiveLearner(clip, CLASSES, cfg, 0)
+    an = AN if articles else {}
+    assert learner.templates == [f"a {{style}} style image of {an.get(n, 'a')} {{class_name}}" for n in CLASSES]
+    want = clip.encode_text([f"a drawing of {an.get(n, 'a')} {n}" for n in CLASSES]).features
+    torch.testing.assert_close(learner.plain, want, atol=1e-5, rtol=1e-5)

@@ -313,3 +313,29 @@ def test_clip_guided_over_a_model_without_an_autoencoder_is_one_line(tmp_path, t
     cfg = fast_config(tmp_path, *CLIP_GUIDED, "synth.model=tiny:clip", "synth.clip_guided.parameterization=decoder")
     with pytest.raises(UserError, match="cannot load autoencoder"):
         _load(cfg, teacher)
+
+
+def test_clip_guided_with_a_hub_id_and_the_hub_unreachable_fails_fast_and_quietly(tmp_path, teacher, monkeypatch):
+    """Without HF_HUB_OFFLINE and without a network, the decoder's config probe reads the local cache only: one exact
+    line within seconds, and no warning (diffusers hands huggingface_hub an argument it deprecated)."""
+    import time
+    import warnings
+
+    from huggingface_hub import constants
+
+    import dfkd.models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setattr(dfkd.models, "_HUB_REACHABLE", None)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    cfg = fast_config(tmp_path, *CLIP_GUIDED, "synth.model=someone/not-cached", "synth.clip_guided.parameterization=decoder")
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserError) as info:
+            _load(cfg, teacher)
+    assert time.perf_counter() - start < 10
+    assert str(info.value).startswith("cannot load autoencoder 'someone/not-cached': the Hub is offline")
