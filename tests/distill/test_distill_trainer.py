@@ -350,6 +350,8 @@ def test_a_kill_or_ctrl_c_then_resume_latest_matches_straight_run(make_cfg, tmp_
         stderr.close()
         if not (killed / "student").exists():
             break
+    else:  # known flake: on an idle fast machine the kill can lose every race (see the stop-25 note)
+        pytest.skip("python -m distill finished before the signal reached it, three times: no kill to test here")
     if sig == "SIGINT":
         lines = (tmp_path / "stderr.txt").read_text().splitlines()
         assert code == 130 and "dfkd: interrupted; re-run the same command with " \
