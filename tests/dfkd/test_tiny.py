@@ -73,7 +73,7 @@ def test_tiny_ids_resolve_and_cache(tiny_dir):
     first = resolve_model_id("tiny:clip")
     assert Path(first).is_dir() and resolve_model_id("tiny:clip") == first
     assert resolve_model_id("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
-    with pytest.raises(UserError, match="valid tiny models are: tiny:clip, tiny:sd, tiny:vqgan, tiny:vae"):
+    with pytest.raises(UserError, match="valid tiny models are: tiny:clip, tiny:sd, tiny:sdxl, tiny:sd3, tiny:flux, tiny:vqgan, tiny:vae"):
         resolve_model_id("tiny:nope")
 
 
