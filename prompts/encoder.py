@@ -6,7 +6,9 @@ with the style vectors, then run the rest of the real text transformer unchanged
 embeddings, layers, final norm, EOS pooling, projection). The overwrite is a forward hook on the
 encoder's own ``token_embedding`` module, so any transformers CLIP text tower works: the text tower
 of a ``CLIPModel`` (the teacher), a ``CLIPTextModel`` (SD 1.x / 2.x / Turbo) or a
-``CLIPTextModelWithProjection`` (SDXL's second encoder).
+``CLIPTextModelWithProjection`` (SDXL's second encoder); :class:`T5StyleEncoder` does the same for
+the T5 encoder of SD 3 and FLUX. Pipelines with several text encoders (SDXL, SD 3, FLUX) are driven
+by :class:`prompts.families.PipelineTextEncoder`, which holds one of these per encoder.
 """
 
 from __future__ import annotations
@@ -51,11 +53,14 @@ class StyleVectors:
 
 @dataclass
 class TextEncoding:
-    """``hidden_states``: ``(B, 77, hidden)``, what a diffusion UNet takes as ``prompt_embeds``.
-    ``features``: ``(B, D)`` pooled (EOS), projected when the encoder has a projection, L2-normalised."""
+    """``hidden_states``: ``(B, L, hidden)``, what a diffusion UNet or transformer takes as ``prompt_embeds``.
+    ``features``: ``(B, D)`` pooled (EOS), projected when the encoder has a projection, L2-normalised.
+    ``pooled``: ``(B, P)`` the same pooled output before normalisation (SDXL, SD 3 and FLUX take it as
+    ``pooled_prompt_embeds``), or None."""
 
     hidden_states: torch.Tensor
     features: torch.Tensor
+    pooled: torch.Tensor | None = None
 
 
 def _text_tower(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
@@ -74,39 +79,62 @@ class StyleTextEncoder:
         model: a ``CLIPModel``, ``CLIPTextModel`` or ``CLIPTextModelWithProjection`` (kept frozen).
         tokenizer: its CLIP tokenizer (``model_max_length`` 77).
         model_id: the id the user gave (Hub id, folder, ``tiny:clip``), recorded in style vectors.
+        hidden_layer: ``-1``: ``hidden_states`` are the last layer after the final norm (SD 1.x/2.x); ``-2``: the
+            penultimate layer's output, which SDXL and SD 3 read.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, model_id: str):
+    #: the prompt length when the tokenizer was saved without one
+    default_length = 77
+    #: the token preferred as the placeholder (any ordinary token works: its row is overwritten)
+    placeholder_token = "*</w>"
+
+    def __init__(self, model: nn.Module, tokenizer, model_id: str, *, hidden_layer: int = -1):
         self.model = model
-        self.text_model, self.projection = _text_tower(model)
+        self.text_model, self.projection = self._tower(model)
         self.tokenizer = tokenizer
-        self.max_length = int(getattr(tokenizer, "model_max_length", 77) or 77)
+        self.hidden_layer = int(hidden_layer)
+        self.max_length = int(getattr(tokenizer, "model_max_length", self.default_length) or self.default_length)
         if self.max_length > 1000:  # tokenizers saved without a limit report a huge sentinel
-            self.max_length = 77
-        self.token_embedding: nn.Embedding = self.text_model.embeddings.token_embedding
+            self.max_length = self.default_length
+        self.token_embedding: nn.Embedding = self._token_embedding()
         self.identity = EncoderIdentity(model_id, int(self.token_embedding.embedding_dim))
         self.bos_id = tokenizer.bos_token_id
+        self.prefix_ids = [] if self.bos_id is None else [self.bos_id]  #: T5 has no BOS
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        # any ordinary token that is not a special one: its row is overwritten anyway
-        self.placeholder_id = _ordinary_token_id(tokenizer, "*</w>")
+        self.placeholder_id = _ordinary_token_id(tokenizer, self.placeholder_token)
         for p in self.model.parameters():
             p.requires_grad_(False)
+
+    @staticmethod
+    def _tower(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+        return _text_tower(model)
+
+    def _token_embedding(self) -> nn.Embedding:
+        return self.text_model.embeddings.token_embedding
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, model_id: str, *, kind: str = "auto", device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> StyleTextEncoder:
         """Load the text encoder of a CLIP model (``kind="clip"``) or of a diffusers pipeline
-        (``kind="pipeline"``: its ``text_encoder/`` and ``tokenizer/``); ``"auto"`` looks for ``model_index.json``."""
+        (``kind="pipeline"``: its ``text_encoder/`` and ``tokenizer/``); ``"auto"`` looks for ``model_index.json``.
+        A pipeline with several text encoders (SDXL, SD 3, FLUX) gives a
+        :class:`~prompts.families.PipelineTextEncoder` over all of them."""
         from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
         from dfkd.models import load_pretrained, resolve_model_id
 
+        from .families import PipelineTextEncoder, family_of, pipeline_index
+
         path = resolve_model_id(model_id)
         if kind not in ("auto", "clip", "pipeline"):
             raise ValueError(f"kind must be auto, clip or pipeline, got {kind!r}")
-        if kind == "pipeline" or (kind == "auto" and _is_pipeline(path)):
+        index = pipeline_index(path)
+        if index is not None and family_of(PipelineTextEncoder.index_classes(index)) != "sd" and kind != "clip":
+            return PipelineTextEncoder.load(model_id, index, device=device, dtype=dtype,
+                                            trust_remote_code=trust_remote_code)
+        if kind == "pipeline" or (kind == "auto" and index is not None):
             model = load_pretrained(CLIPTextModel, model_id, what="text encoder", subfolder="text_encoder",
                                     torch_dtype=dtype, trust_remote_code=trust_remote_code)
             tok = load_pretrained(CLIPTokenizer, model_id, what="tokenizer", subfolder="tokenizer")
@@ -159,10 +187,10 @@ class StyleTextEncoder:
             fill = {"class_name": name} if name is not None else {}
             pre, post = self._ids(_fmt(before, fill)), self._ids(_fmt(after, fill))
             body = pre + [self.placeholder_id] * n_tokens + post
-            if len(body) > self.max_length - 2:
+            if len(body) > self.max_length - len(self.prefix_ids) - 1:
                 raise UserError(f"prompt {template!r} with class {name!r} is longer than {self.max_length} tokens; shorten it")
-            ids = [self.bos_id] + body + [self.eos_id]
-            mask = [False] * (1 + len(pre)) + [True] * n_tokens + [False] * (len(post) + 1)
+            ids = self.prefix_ids + body + [self.eos_id]
+            mask = [False] * (len(self.prefix_ids) + len(pre)) + [True] * n_tokens + [False] * (len(post) + 1)
             pad = self.max_length - len(ids)
             rows.append(ids + [self.pad_id] * pad)
             masks.append(mask + [False] * pad)
@@ -186,11 +214,13 @@ class StyleTextEncoder:
             handle.remove()
 
     def _run(self, input_ids: torch.Tensor) -> TextEncoding:
-        out = self.text_model(input_ids=input_ids, return_dict=True)
+        penultimate = self.hidden_layer != -1
+        out = self.text_model(input_ids=input_ids, output_hidden_states=penultimate, return_dict=True)
         pooled = out.pooler_output
         if self.projection is not None:
             pooled = self.projection(pooled)
-        return TextEncoding(out.last_hidden_state, nn.functional.normalize(pooled.float(), dim=-1))
+        hidden = out.hidden_states[self.hidden_layer] if penultimate else out.last_hidden_state
+        return TextEncoding(hidden, nn.functional.normalize(pooled.float(), dim=-1), pooled)
 
     def check_styles(self, styles: StyleVectors | torch.Tensor) -> torch.Tensor:
         """The raw ``(B, n, d)`` tensor of ``styles``, refusing vectors of another encoder."""
@@ -241,6 +271,39 @@ class StyleTextEncoder:
         return self._run(self.tokenize_text(texts))
 
 
+class T5StyleEncoder(StyleTextEncoder):
+    """The T5 encoder of SD 3 and FLUX, with the same style slot: pseudo-token rows overwrite the placeholders in
+    T5's shared token embedding.
+
+    T5 has no BOS and no pooled output. ``hidden_states`` are the last layer over ``max_length`` tokens, run
+    without an attention mask exactly as diffusers runs it; ``features`` are the mean of those states over the
+    prompt's tokens (up to and including ``</s>``), L2-normalised. ``max_length`` is at most ``max_tokens``
+    (256: SD 3's default and FLUX.1-schnell's limit).
+    """
+
+    default_length = 256
+    placeholder_token = "\u2581*"
+
+    def __init__(self, model: nn.Module, tokenizer, model_id: str, *, max_tokens: int = 256):
+        super().__init__(model, tokenizer, model_id)
+        self.max_length = min(self.max_length, int(max_tokens))
+
+    @staticmethod
+    def _tower(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+        if not hasattr(model, "encoder") or not hasattr(model, "shared"):
+            raise TypeError(f"{type(model).__name__} is not a transformers T5 encoder")
+        return model, None
+
+    def _token_embedding(self) -> nn.Embedding:
+        return self.text_model.encoder.embed_tokens  # the module the stack calls (its weight is tied to ``shared``)
+
+    def _run(self, input_ids: torch.Tensor) -> TextEncoding:
+        hidden = self.text_model(input_ids=input_ids, return_dict=True).last_hidden_state
+        keep = (input_ids != self.pad_id).unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
+        return TextEncoding(hidden, nn.functional.normalize(pooled.float(), dim=-1), None)
+
+
 def _fmt(text: str, fill: dict) -> str:
     return text.replace(CLASS_SLOT, fill["class_name"]) if CLASS_SLOT in text and "class_name" in fill else text
 
@@ -264,20 +327,6 @@ def _batch_size(templates, class_names, styles) -> int:
             return len(x) if not isinstance(x, (torch.Tensor, StyleVectors)) else (
                 x.vectors.shape[0] if isinstance(x, StyleVectors) else x.shape[0])
     return 1
-
-
-def _is_pipeline(path: str) -> bool:
-    from pathlib import Path
-
-    p = Path(path)
-    if p.is_dir():
-        return (p / "model_index.json").is_file()
-    try:  # a Hub id already in the local cache
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(path, "model_index.json"), str)
-    except Exception:  # noqa: BLE001 - anything odd: treat as a CLIP model id
-        return False
 
 
 def _ordinary_token_id(tokenizer, preferred: str) -> int:

@@ -121,7 +121,7 @@ class PromptMethod:
 
     @torch.no_grad()
     def encode(self, records: Sequence[PromptRecord]) -> TextEncoding:
-        """Hidden states ``(B, 77, h)`` and normalised features ``(B, D)`` of ``records``, in order.
+        """Hidden states ``(B, L, h)``, normalised features ``(B, D)`` and pooled outputs of ``records``, in order.
 
         Vector styles go through the placeholder path, text styles through the tokenizer; a batch
         may mix both.
@@ -146,10 +146,13 @@ def _scatter(parts: list[tuple[list[int], TextEncoding]], total: int) -> TextEnc
     first = parts[0][1]
     hidden = first.hidden_states.new_empty((total, *first.hidden_states.shape[1:]))
     feats = first.features.new_empty((total, first.features.shape[1]))
+    pooled = None if first.pooled is None else first.pooled.new_empty((total, *first.pooled.shape[1:]))
     for idx, enc in parts:
         hidden[idx] = enc.hidden_states
         feats[idx] = enc.features
-    return TextEncoding(hidden, feats)
+        if pooled is not None:
+            pooled[idx] = enc.pooled
+    return TextEncoding(hidden, feats, pooled)
 
 
 # ---------------------------------------------------------------------------------------------- registry

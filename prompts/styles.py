@@ -17,7 +17,7 @@ from torch import nn
 
 from dfkd.errors import UserError
 
-from .encoder import StyleTextEncoder, StyleVectors
+from .encoder import StyleTextEncoder, StyleVectors, T5StyleEncoder
 from .templates import read_lines
 
 PACKAGE_DICTIONARY = "package:prompts/data/styles.txt"
@@ -41,11 +41,22 @@ class EmbeddingStats:
     mean: torch.Tensor
     std: torch.Tensor
     median_norm: float
+    #: several text encoders (:class:`~prompts.families.PipelineTextEncoder`): each member's segment width and
+    #: median row norm; a rescaled vector scales each segment to its own encoder's norm
+    splits: tuple[int, ...] = ()
+    norms: tuple[float, ...] = ()
 
     @classmethod
     @torch.no_grad()
     def of(cls, encoder: StyleTextEncoder, words: Sequence[str] | None = None) -> EmbeddingStats:
-        """Over every ordinary token (``words=None``), or over the token rows of ``words`` only."""
+        """Over every ordinary token (``words=None``), or over the token rows of ``words`` only. With several
+        text encoders, each member's statistics side by side."""
+        members = getattr(encoder, "members", None)
+        if members is not None:
+            parts = [cls.of(m, words) for m in members]
+            norms = tuple(p.median_norm for p in parts)
+            return cls(torch.cat([p.mean for p in parts]), torch.cat([p.std for p in parts]),
+                       float(np.median(norms)), tuple(p.mean.numel() for p in parts), norms)
         if words is None:
             ids = encoder.ordinary_token_ids().to(encoder.device)
         else:
@@ -64,10 +75,13 @@ class EmbeddingStats:
 def random_styles(stats: EmbeddingStats, count: int, n_tokens: int, seed: int, rescale: bool = False) -> torch.Tensor:
     """Random-Prompt: ``(count, n, d)`` float32 vectors ``s ~ N(mean, diag(std^2))`` (CPU, numpy-seeded).
 
-    With ``rescale`` every row is scaled to the median row norm of ``W``.
+    With ``rescale`` every row is scaled to the median row norm of ``W`` (each encoder's segment to its own).
     """
     z = np.random.default_rng(seed).standard_normal((count, n_tokens, stats.mean.numel()))
     s = stats.mean + stats.std * torch.from_numpy(z).float()
+    if rescale and stats.splits:
+        return torch.cat([seg * (norm / seg.norm(dim=-1, keepdim=True))
+                          for seg, norm in zip(s.split(list(stats.splits), dim=-1), stats.norms)], dim=-1)
     if rescale:
         s = s * (stats.median_norm / s.norm(dim=-1, keepdim=True))
     return s
@@ -102,9 +116,16 @@ def style_features(encoder: StyleTextEncoder, templates: str | Sequence[str], cl
 
     Same result as ``encoder.encode(...).features`` but runs only up to the longest prompt instead of
     all 77 positions: CLIP's text transformer is causal and pools at the EOS token, so the padding
-    after it cannot change the feature. Differentiable w.r.t. tensor ``styles``.
+    after it cannot change the feature (T5, which reads its padding, runs in full). Differentiable w.r.t.
+    tensor ``styles``.
     """
     vectors = encoder.check_styles(styles)
+    members = getattr(encoder, "members", None)
+    if members is not None:  # several encoders: each member's features of its own segment, joined
+        return encoder.features([style_features(m, templates, class_names, part)
+                                 for m, part in zip(members, encoder.split(vectors))])
+    if isinstance(encoder, T5StyleEncoder):  # bidirectional and run without a mask: its padding counts
+        return encoder.encode(templates, class_names, vectors).features
     batch = vectors.shape[0]
     templates = [templates] * batch if isinstance(templates, str) else list(templates)
     names = list(class_names) if class_names is not None else [None] * batch

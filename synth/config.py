@@ -74,6 +74,11 @@ class SynthConfig:
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "auto"  #: auto, cpu, cuda, cuda:1, mps
     attention: Literal["sdpa", "xformers"] = "sdpa"
+    #: none: the whole pipeline on synth.device; model: diffusers' enable_model_cpu_offload (each component moves to
+    #: the GPU while it runs: SDXL/FLUX on a small GPU); sequential: enable_sequential_cpu_offload (least memory, slow)
+    offload: Literal["none", "model", "sequential"] = "none"
+    vae_tiling: bool = False  #: decode in tiles (large resolutions at low memory)
+    vae_slicing: bool = False  #: decode one image of the batch at a time
     compile: bool = False
     shard_size: int = 256  #: images per parquet shard (the unit of resume)
     writer_threads: int = 2

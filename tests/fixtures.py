@@ -38,6 +38,40 @@ def tiny_sd_pipeline():
     return StableDiffusionPipeline.from_pretrained(resolve_model_id("tiny:sd"))
 
 
+def tiny_family_pipeline(family: str):
+    """The tiny SDXL, SD 3 or FLUX.1 pipeline (``tiny:sdxl``, ``tiny:sd3``, ``tiny:flux``), through diffusers' own
+    class for that family."""
+    import diffusers
+
+    from dfkd.models import resolve_model_id
+
+    cls = {"sdxl": diffusers.StableDiffusionXLPipeline, "sd3": diffusers.StableDiffusion3Pipeline,
+           "flux": diffusers.FluxPipeline}[family]
+    pipe = cls.from_pretrained(resolve_model_id(f"tiny:{family}"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_prompt_embeds(pipe, family: str, texts, negative: str | None = None):
+    """``(prompt_embeds, pooled, negative_embeds, negative_pooled)`` of ``texts`` by the pipeline's own
+    ``encode_prompt`` (the negatives None without ``negative``)."""
+    import torch
+
+    texts, cfg = list(texts), negative is not None
+    with torch.no_grad():
+        if family == "flux":
+            embeds, pooled, _ = pipe.encode_prompt(texts, None, max_sequence_length=pipe.tokenizer_2.model_max_length)
+            return embeds, pooled, None, None
+        if family == "sd3":
+            neg = None if negative is None else [negative] * len(texts)
+            e, ne, p, np_ = pipe.encode_prompt(texts, None, None, do_classifier_free_guidance=cfg, negative_prompt=neg,
+                                               max_sequence_length=pipe.tokenizer_3.model_max_length)
+            return e, p, ne, np_
+        neg = None if negative is None else [negative] * len(texts)
+        e, ne, p, np_ = pipe.encode_prompt(texts, do_classifier_free_guidance=cfg, negative_prompt=neg)
+        return e, p, ne, np_
+
+
 # --- a reference CLIP zero-shot classifier computed with transformers alone (no project code past the model id)
 
 

@@ -9,7 +9,8 @@ from prompts.config import ContrastiveConfig, PromptsConfig
 CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
 #: the article English writes before a class name that does not take "a"
 AN = {"elephant": "an"}
-ENCODERS = {"clip": ("tiny:clip", "clip"), "sd": ("tiny:sd", "pipeline")}
+ENCODERS = {"clip": ("tiny:clip", "clip"), "sd": ("tiny:sd", "pipeline"), "sdxl": ("tiny:sdxl", "pipeline"),
+            "sd3": ("tiny:sd3", "pipeline"), "flux": ("tiny:flux", "pipeline")}
 
 
 
@@ -22,3 +23,23 @@ def small_contrastive(**overrides) -> PromptsConfig:
 def unit(*shape: int, seed: int) -> torch.Tensor:
     """Seeded standard-normal rows, L2-normalised along the last dimension."""
     return torch.nn.functional.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def segments(encoder, vectors):
+    """``[(member encoder, its segment of vectors (..., d_i))]``: one pair for a single text encoder, one per encoder
+    of an SDXL, SD 3 or FLUX pipeline."""
+    members = getattr(encoder, "members", None)
+    return [(encoder, vectors)] if members is None else list(zip(members, encoder.split(vectors)))
+
+
+def prompt_embeds_shape(encoder) -> tuple[int, int]:
+    """``(L, h)`` of the family's prompt_embeds, written out from the encoders' configs (not from an encoding)."""
+    family = getattr(encoder, "family", "sd")
+    if family == "sd":
+        return 77, encoder.text_model.config.hidden_size
+    m = encoder.members
+    if family == "sdxl":
+        return 77, m[0].text_model.config.hidden_size + m[1].text_model.config.hidden_size
+    if family == "sd3":
+        return 77 + m[2].max_length, m[2].text_model.config.d_model
+    return m[1].max_length, m[1].text_model.config.d_model  # flux: T5's states

@@ -22,7 +22,6 @@ from prompts.encoder import (
     EncoderIdentity,
     StyleTextEncoder,
     StyleVectors,
-    _is_pipeline,
     _ordinary_token_id,
 )
 from prompts.teacher import ClipTeacher
@@ -88,6 +87,13 @@ def teacher(_tiny_cache) -> ClipTeacher:
 def spare_tokenizer(encoders):
     """A copy of tiny:clip's tokenizer that tests may change (``_with_tokenizer`` resets it first)."""
     return copy.deepcopy(encoders["clip"].tokenizer)
+
+
+@pytest.fixture(params=["clip", "sd"])
+def encoder(request, encoders) -> StyleTextEncoder:
+    """These definitions are of one CLIP text tower (the teacher's and SD's); the encoders of SDXL, SD 3 and FLUX
+    are checked against diffusers' own ``encode_prompt`` in test_families.py."""
+    return encoders[request.param]
 
 
 @pytest.fixture(scope="module")
@@ -310,9 +316,11 @@ def test_hub_ids_are_pipelines_when_their_cached_snapshot_has_model_index(tmp_pa
         for name in files:
             (root / "snapshots" / ("0" * 40)).mkdir(parents=True, exist_ok=True)
             (root / "snapshots" / ("0" * 40) / name).write_text("{}")
-    assert _is_pipeline("me/pipe") is True
-    assert _is_pipeline("me/clip") is False and _is_pipeline("me/absent") is False
-    assert _is_pipeline("not a valid//hub id") is False  # the Hub's id check raises: treated as a CLIP id
+    from prompts.families import pipeline_index
+
+    assert pipeline_index("me/pipe") == {}
+    assert pipeline_index("me/clip") is None and pipeline_index("me/absent") is None
+    assert pipeline_index("not a valid//hub id") is None  # the Hub's id check raises: treated as a CLIP id
 
 
 def test_load_honours_dtype_and_device(_tiny_cache, meta_encoder):

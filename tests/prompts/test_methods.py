@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from prompts_helpers import AN, CLASSES, ENCODERS, small_contrastive
+from prompts_helpers import AN, CLASSES, ENCODERS, prompt_embeds_shape, segments, small_contrastive
 
 from dfkd.errors import UserError
 from prompts.config import PromptsConfig
@@ -73,9 +73,10 @@ def test_placeholder_filled_with_word_equals_the_word_as_text(encoder, tmp_path)
     texts = [r.template.replace("{style}", r.style_words[0]).replace("{class_name}", r.class_name) for r in records]
     assert all(r.style_weights == pytest.approx([1.0]) for r in records)
     via_vector, via_text = method.encode(records), encoder.encode_text(texts)
-    assert via_vector.hidden_states.shape == (len(records), 77, encoder.text_model.config.hidden_size)
+    assert via_vector.hidden_states.shape == (len(records), *prompt_embeds_shape(encoder))
     torch.testing.assert_close(via_vector.hidden_states, via_text.hidden_states, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(via_vector.features, via_text.features, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(via_vector.pooled, via_text.pooled, atol=1e-5, rtol=1e-5)
 
 
 def test_trimmed_features_equal_full_encoding(encoder):
@@ -104,12 +105,13 @@ def test_mix_vectors_are_convex_combinations_of_dictionary_embeddings(encoder, t
 
 def test_random_vectors_match_the_embedding_table_statistics(encoder, tmp_path):
     method = make("random", encoder, tmp_path)
-    draws = torch.stack([method.record(i % len(CLASSES), i).style_vector[0] for i in range(3000)]).double()
-    rows = encoder.embedding_table[encoder.ordinary_token_ids()].double()
-    mu, sigma = rows.mean(0), rows.std(0)
-    # per dimension: the sample mean within 5 standard errors, the sample std within 10 %
-    assert ((draws.mean(0) - mu).abs() <= 5 * sigma / len(draws) ** 0.5).all()
-    assert ((draws.std(0) / sigma - 1).abs() < 0.1).all()
+    all_draws = torch.stack([method.record(i % len(CLASSES), i).style_vector[0] for i in range(3000)]).double()
+    for member, draws in segments(encoder, all_draws):  # each text encoder's segment: that encoder's table
+        rows = member.embedding_table[member.ordinary_token_ids()].double()
+        mu, sigma = rows.mean(0), rows.std(0)
+        # per dimension: the sample mean within 5 standard errors, the sample std within 10 %
+        assert ((draws.mean(0) - mu).abs() <= 5 * sigma / len(draws) ** 0.5).all()
+        assert ((draws.std(0) / sigma - 1).abs() < 0.1).all()
 
 
 def test_random_rows_dictionary_draws_from_the_dictionary_token_rows(encoder, tmp_path):
@@ -117,21 +119,24 @@ def test_random_rows_dictionary_draws_from_the_dictionary_token_rows(encoder, tm
     words = ["red", "blue", "sketch", "oil painting", "pencil"]
     (tmp_path / "words.txt").write_text("\n".join(words))
     method = make("random", encoder, tmp_path, random_rows="dictionary", style_dictionary=str(tmp_path / "words.txt"))
-    ids = sorted({i for w in words for i in encoder.tokenizer(w, add_special_tokens=False).input_ids})
-    rows = encoder.embedding_table[torch.tensor(ids)].double()
-    draws = torch.stack([method.record(i % len(CLASSES), i).style_vector[0] for i in range(3000)]).double()
-    sigma = rows.std(0)
-    assert ((draws.mean(0) - rows.mean(0)).abs() <= 5 * sigma / len(draws) ** 0.5).all()
-    assert ((draws.std(0) / sigma - 1).abs() < 0.1).all()
-    # and not the whole table's statistics
-    everything = encoder.embedding_table[encoder.ordinary_token_ids()].double()
-    assert ((draws.std(0) / everything.std(0) - 1).abs() > 0.1).any()
+    all_draws = torch.stack([method.record(i % len(CLASSES), i).style_vector[0] for i in range(3000)]).double()
+    for member, draws in segments(encoder, all_draws):
+        ids = sorted({i for w in words for i in member.tokenizer(w, add_special_tokens=False).input_ids})
+        rows = member.embedding_table[torch.tensor(ids)].double()
+        sigma = rows.std(0)
+        assert ((draws.mean(0) - rows.mean(0)).abs() <= 5 * sigma / len(draws) ** 0.5).all()
+        assert ((draws.std(0) / sigma - 1).abs() < 0.1).all()
+        # and not the whole table's statistics
+        everything = member.embedding_table[member.ordinary_token_ids()].double()
+        assert ((draws.std(0) / everything.std(0) - 1).abs() > 0.1).any()
 
 
 def test_random_rescale_uses_the_median_row_norm(encoder, tmp_path):
     method = make("random", encoder, tmp_path, random_rescale=True, num_style_tokens=3)
-    norms = torch.stack([method.record(0, i).style_vector.norm(dim=-1) for i in range(20)])
-    torch.testing.assert_close(norms, torch.full_like(norms, EmbeddingStats.of(encoder).median_norm))
+    vectors = torch.stack([method.record(0, i).style_vector for i in range(20)])
+    for member, seg in segments(encoder, vectors):  # each encoder's segment at that encoder's median row norm
+        norms = seg.norm(dim=-1)
+        torch.testing.assert_close(norms, torch.full_like(norms, EmbeddingStats.of(member).median_norm))
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -177,8 +182,7 @@ def test_encode_batches_mixed_text_and_vector_records(encoder, tmp_path):
     records = [mix.record(0, 0), hand.record(1, 0), mix.record(2, 1), hand.record(3, 1)]
     both = mix.encode(records)
     alone = [mix.encode([r]) for r in records]
-    d = encoder.text_model.config.hidden_size
-    assert both.hidden_states.shape == (4, 77, d) and both.features.shape[0] == 4
+    assert both.hidden_states.shape == (4, *prompt_embeds_shape(encoder)) and both.features.shape[0] == 4
     for i, one in enumerate(alone):
         torch.testing.assert_close(both.features[i], one.features[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(both.hidden_states[i], one.hidden_states[0], atol=1e-5, rtol=1e-5)

@@ -203,20 +203,33 @@ def test_diffusion_guidance_above_one_at_another_resolution(tmp_path, tiny_pipe,
 
 
 def test_check_pipeline_refuses_what_it_cannot_drive(tiny_pipe):
-    """No text encoder, or a second one (SDXL-class), is refused before any image; the tiny pipeline passes."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """No text encoder, or several without a pooled_prompt_embeds input, is refused before any image; the tiny
+    pipeline and an SDXL-layout pipeline pass."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from synth.backends.diffusion import check_pipeline
 
     c = tiny_pipe.components
     check_pipeline(tiny_pipe, "tiny:sd", 32)
-    with pytest.raises(UserError, match="no prompt_embeds from one CLIP text encoder"):
+    with pytest.raises(UserError, match="no prompt_embeds from a CLIP text encoder"):
         check_pipeline(StableDiffusionPipeline(**{**c, "text_encoder": None}), "x", 32)
     xl = StableDiffusionXLPipeline(vae=c["vae"], text_encoder=c["text_encoder"], text_encoder_2=c["text_encoder"],
                                    tokenizer=c["tokenizer"], tokenizer_2=c["tokenizer"], unet=c["unet"],
                                    scheduler=c["scheduler"])
-    with pytest.raises(UserError, match="two text encoders"):
-        check_pipeline(xl, "x", 32)
+    check_pipeline(xl, "x", 32)  # two text encoders and pooled embeddings: driven
+
+    class TwoEncodersNoPooled(DiffusionPipeline):
+        def __init__(self, unet, scheduler, text_encoder, text_encoder_2):
+            super().__init__()
+            self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder,
+                                  text_encoder_2=text_encoder_2)
+
+        def __call__(self, prompt_embeds=None, num_inference_steps=1):
+            raise AssertionError("never called")
+
+    odd = TwoEncodersNoPooled(c["unet"], c["scheduler"], c["text_encoder"], c["text_encoder"])
+    with pytest.raises(UserError, match="has the text encoders of sdxl but takes no pooled_prompt_embeds"):
+        check_pipeline(odd, "x", 32)
 
 
 @pytest.mark.parametrize("factor, resolution, multiple, suggestion", [
@@ -399,7 +412,7 @@ def test_a_pipeline_that_registers_no_text_encoder_is_refused_in_one_line(tiny_p
 
     pipe = EmbedsOnly(tiny_pipe.unet, tiny_pipe.scheduler)
     assert not hasattr(pipe, "text_encoder")
-    with pytest.raises(UserError, match="no prompt_embeds from one CLIP text encoder"):
+    with pytest.raises(UserError, match="no prompt_embeds from a CLIP text encoder"):
         check_pipeline(pipe, "x", 32)
 
 
