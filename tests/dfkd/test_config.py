@@ -131,6 +131,10 @@ def test_every_shipped_config_loads():
     assert demo.teacher.model == "digits:clip-demo" and demo.eval.data == "runs/demo/domains"
     assert not demo.prompts.articles and not digits.prompts.articles  # the kit's captions only ever say "a"
     assert load_config(REPO_ROOT / "configs" / "pacs_vqgan.yaml").synth.backend == "clip_guided"
+    xl, flux = (load_config(REPO_ROOT / "configs" / f"pacs-{n}.yaml").synth for n in ("sdxl-turbo", "flux-schnell"))
+    assert (xl.model, xl.steps, xl.guidance_scale, xl.resolution) == ("stabilityai/sdxl-turbo", 1, 0.0, 512)
+    assert (flux.model, flux.steps, flux.guidance_scale, flux.dtype) == ("black-forest-labs/FLUX.1-schnell", 4, 0.0, "bf16")
+    assert sizes["pacs-sdxl-turbo"] == sizes["pacs-flux-schnell"] == 7
 
 
 def _dfkd(*args, cwd=REPO_ROOT):
