@@ -131,7 +131,9 @@ class StyleTextEncoder:
         if kind not in ("auto", "clip", "pipeline"):
             raise ValueError(f"kind must be auto, clip or pipeline, got {kind!r}")
         index = pipeline_index(path)
-        if index is not None and family_of(PipelineTextEncoder.index_classes(index)) != "sd" and kind != "clip":
+        family = None if index is None else family_of(PipelineTextEncoder.index_classes(index),
+                                                       str(index.get("_class_name", "")))
+        if family not in (None, "sd") and kind != "clip":
             return PipelineTextEncoder.load(model_id, index, device=device, dtype=dtype,
                                             trust_remote_code=trust_remote_code)
         if kind == "pipeline" or (kind == "auto" and index is not None):

@@ -65,10 +65,13 @@ _ALLOWED = {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "C
             "T5Tokenizer", "T5TokenizerFast"}
 
 
-def family_of(components: dict[str, str | None]) -> str:
-    """The family of a pipeline from ``{component: transformers class name or None}`` (its ``model_index.json``)."""
-    if components.get("text_encoder_3"):
+def family_of(components: dict[str, str | None], pipeline_class: str = "") -> str:
+    """The family of a pipeline from ``{component: transformers class name or None}`` (its ``model_index.json``) and
+    its class name (an SD 3 pipeline saved without its T5 is still SD 3, and is refused for the missing encoder)."""
+    if components.get("text_encoder_3") or pipeline_class.startswith("StableDiffusion3"):
         return "sd3"
+    if pipeline_class.startswith("Flux"):
+        return "flux"
     second = components.get("text_encoder_2")
     if second:
         return "flux" if second.startswith("T5") else "sdxl"
@@ -79,7 +82,7 @@ def family_of_pipeline(pipe) -> str:
     """The family of a loaded pipeline, from its text-encoder components."""
     names = ("text_encoder", "text_encoder_2", "text_encoder_3")
     return family_of({n: type(getattr(pipe, n)).__name__ if getattr(pipe, n, None) is not None else None
-                      for n in names})
+                      for n in names}, type(pipe).__name__)
 
 
 def pipeline_index(path: str) -> dict | None:
@@ -136,7 +139,8 @@ class PipelineTextEncoder:
             model, tok = components.get(m.encoder), components.get(m.tokenizer)
             if model is None or tok is None:
                 raise UserError(f"pipeline '{model_id}' ({family}) has no {m.encoder} or {m.tokenizer}; every text "
-                                "encoder that reads the prompt must be loaded (style tokens go into each)")
+                                "encoder that reads the prompt must be present (style tokens go into each): use the "
+                                "pipeline as published, with all its text encoders")
             members.append(T5StyleEncoder(model, tok, model_id, max_tokens=T5_TOKENS) if m.kind == "t5"
                            else StyleTextEncoder(model, tok, model_id, hidden_layer=m.hidden_layer))
         return members[0] if family == "sd" else cls(family, members, model_id)
@@ -156,11 +160,13 @@ class PipelineTextEncoder:
         from dfkd.models import load_pretrained
 
         classes = index_classes(index)
-        family = family_of(classes)
+        family = family_of(classes, str(index.get("_class_name", "")))
         components = {}
         for m in FAMILIES[family]:
             for name, what in ((m.encoder, "text encoder"), (m.tokenizer, "tokenizer")):
                 cls_name = classes.get(name)
+                if cls_name is None:  # saved without it: from_components names what is missing
+                    continue
                 if cls_name not in _ALLOWED:
                     raise UserError(f"pipeline '{model_id}' names {cls_name!r} for its {name}; dfkd reads CLIP and T5 "
                                     "text encoders only")

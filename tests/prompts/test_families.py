@@ -159,6 +159,24 @@ def test_a_pipeline_naming_another_text_encoder_class_is_refused_in_one_line(tmp
         StyleTextEncoder.load(str(folder))
 
 
+def test_an_sd3_pipeline_saved_without_its_t5_is_refused_for_the_missing_encoder(tmp_path, _tiny_cache):
+    """SD 3 without T5 is still SD 3 (its transformer reads T5's width): refused in one line, never driven as SDXL."""
+    import json
+    import shutil
+
+    from dfkd.models import resolve_model_id
+
+    folder = tmp_path / "no-t5"
+    shutil.copytree(resolve_model_id("tiny:sd3"), folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_3"] = index["tokenizer_3"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert family_of({"text_encoder": "CLIPTextModelWithProjection", "text_encoder_2": "CLIPTextModelWithProjection"},
+                     "StableDiffusion3Pipeline") == "sd3"
+    with pytest.raises(UserError, match=r"\(sd3\) has no text_encoder_3 or tokenizer_3; every text encoder"):
+        StyleTextEncoder.load(str(folder))
+
+
 def test_the_tiny_t5_tokenizer_is_built_offline_and_loads_back(tmp_path):
     from transformers import AutoTokenizer
 
