@@ -320,11 +320,28 @@ def test_missing_tensorboard_degrades_to_no_tracker_with_one_line(capsys, monkey
     assert resolve_tracker("none", is_main=True) is None and resolve_tracker("wandb", is_main=True) == "wandb"
 
 
+#: runs ``python -m distill`` with one pause point: after its first checkpoint is committed it writes ``paused`` next to
+#: the checkpoints folder and waits there, so the test's signal lands at that moment on every machine, fast or slow
+_PAUSE_AFTER_FIRST_CHECKPOINT = """
+import runpy, sys, time
+import distill.trainer as trainer
+commit = trainer.save_checkpoint
+def commit_then_wait(run, step):
+    path = commit(run, step)
+    (path.parent.parent / "paused").write_text(str(step))
+    time.sleep(600)  # the signal arrives here
+    return path
+trainer.save_checkpoint = commit_then_wait
+sys.argv = ["distill", *sys.argv[1:]]
+runpy.run_module("distill", run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
 def test_a_kill_or_ctrl_c_then_resume_latest_matches_straight_run(make_cfg, tmp_path, syn_dataset, sig):
-    """A real kill (or Ctrl-C) of `python -m distill` once its first checkpoint is on disk, resume, compare. After
-    Ctrl-C the one line says how to resume, and doing what it says ends as the straight run does."""
+    """A real kill (or Ctrl-C) of `python -m distill` right after its first checkpoint is committed, resume, compare.
+    After Ctrl-C the one line says how to resume, and doing what it says ends as the straight run does."""
     import os
     import signal
     import subprocess
@@ -336,27 +353,24 @@ def test_a_kill_or_ctrl_c_then_resume_latest_matches_straight_run(make_cfg, tmp_
     common = ["distill.max_steps=60", "distill.checkpointing_steps=5", "distill.checkpoints_total_limit=2",
               "distill.batch_size=8", "distill.log_every=5"]
     train(make_cfg(tmp_path / "straight", *common))
-    for attempt in range(3):  # the kill races a fast machine: a run that ended before it is tried again
-        killed = tmp_path / f"killed{attempt}"
-        cmd = [sys.executable, "-m", "distill", "--config", str(TINY_YAML), f"output_dir={killed}",
-               f"distill.dataset={syn_dataset}", "distill.student=tiny_cnn", *common]
-        stderr = (tmp_path / "stderr.txt").open("w")
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-c", _PAUSE_AFTER_FIRST_CHECKPOINT, "--config", str(TINY_YAML), f"output_dir={killed}",
+           f"distill.dataset={syn_dataset}", "distill.student=tiny_cnn", *common]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.time() + 120
-        while not list_checkpoints(killed) and proc.poll() is None and time.time() < deadline:
+        while not (killed / "paused").exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
+        assert (killed / "paused").read_text() == "5", "the run never reached its first checkpoint"
         os.kill(proc.pid, getattr(signal, sig))
-        code = proc.wait()
-        stderr.close()
-        if not (killed / "student").exists():
-            break
-    else:  # known flake: on an idle fast machine the kill can lose every race (see the stop-25 note)
-        pytest.skip("python -m distill finished before the signal reached it, three times: no kill to test here")
+        code = proc.wait(timeout=60)
     if sig == "SIGINT":
         lines = (tmp_path / "stderr.txt").read_text().splitlines()
         assert code == 130 and "dfkd: interrupted; re-run the same command with " \
             "distill.resume_from_checkpoint=latest to resume" in lines, lines[-3:]
-    assert list_checkpoints(killed) and not (killed / "student").exists(), "the run ended before it could be killed"
+    else:
+        assert code == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(killed)] == ["checkpoint-5"] and not (killed / "student").exists()
     train(make_cfg(killed, *common, "distill.resume_from_checkpoint=latest"))
     a, b = _final_weights(tmp_path / "straight"), _final_weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
