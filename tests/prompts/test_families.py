@@ -70,6 +70,19 @@ def test_a_word_through_the_style_slot_equals_the_word_as_text_in_every_encoder(
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_style_words_and_no_style_go_to_every_encoder_as_text(family):
+    """``encode`` with style strings (or a template without a style slot) writes them into every encoder's prompt."""
+    _, enc, _ = family
+    with torch.no_grad():
+        words = enc.encode(TEMPLATE, ["dog", "house"], ["watercolor", "sketch"])
+        no_style = enc.encode("a photo of a {class_name}", ["dog", "house"])
+        texts = enc.encode_text(["a watercolor style image of a dog", "a sketch style image of a house"])
+        plain = enc.encode_text(["a photo of a dog", "a photo of a house"])
+    for got, want in ((words, texts), (no_style, plain)):
+        for a, b in ((got.hidden_states, want.hidden_states), (got.pooled, want.pooled), (got.features, want.features)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def _t5_part(name: str, hidden: torch.Tensor) -> torch.Tensor:
     return hidden[:, 77:] if name == "sd3" else hidden  # sd3: CLIP rows, then T5's; flux: T5 alone
 
