@@ -150,6 +150,11 @@ def load_pretrained(cls: Any, model_id: str, *, what: str = "model", **kwargs: A
     here; callers pass it only when the user asked.
     """
     path = resolve_model_id(model_id)
+    sub = kwargs.get("subfolder")
+    if sub and Path(path).is_dir() and not any((Path(path) / sub).glob("*")):
+        # transformers' tokenizers load a missing subfolder as a blank tokenizer instead of failing: refuse it here
+        raise UserError(f"cannot load {what} from local folder '{path}' (it has no {sub}/ folder); check that it was "
+                        "written with save_pretrained")
     offline = loads_offline(model_id)
     if offline:
         kwargs = {**kwargs, "local_files_only": True}

@@ -152,9 +152,10 @@ class PipelineTextEncoder:
         return cls.from_components(family, {n: getattr(pipe, n, None) for n in names}, model_id)
 
     @classmethod
-    def load(cls, model_id: str, index: dict, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-             trust_remote_code: bool = False) -> StyleTextEncoder | PipelineTextEncoder:
-        """Load every text encoder and tokenizer of the pipeline whose ``model_index.json`` is ``index``."""
+    def load(cls, model_id: str, index: dict, *, device: str | torch.device, dtype: torch.dtype,
+             trust_remote_code: bool) -> StyleTextEncoder | PipelineTextEncoder:
+        """Load every text encoder and tokenizer of the pipeline whose ``model_index.json`` is ``index`` (through
+        :meth:`StyleTextEncoder.load`, which decides the defaults: CPU, fp32, no remote code)."""
         import transformers
 
         from dfkd.models import load_pretrained

@@ -90,6 +90,24 @@ def test_unloadable_model_is_a_user_error(tmp_path):
     assert "hf download" not in str(info.value)
 
 
+def test_a_pipeline_folder_missing_its_tokenizer_is_refused_not_loaded_blank(tmp_path, tiny_dir):
+    """transformers loads a missing tokenizer subfolder as a blank tokenizer (every word unknown): a pipeline copied
+    without its tokenizer/ must fail in one line, not encode every prompt as unknown tokens."""
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    folder = tmp_path / "sd"
+    shutil.copytree(resolve_model_id("tiny:sd"), folder)
+    shutil.rmtree(folder / "tokenizer")
+    with pytest.raises(UserError, match=r"cannot load tokenizer from local folder .* \(it has no tokenizer/ folder\)"):
+        load_pretrained(CLIPTokenizer, str(folder), what="tokenizer", subfolder="tokenizer")
+    (folder / "tokenizer").mkdir()  # an empty folder is no better
+    with pytest.raises(UserError, match="it has no tokenizer/ folder"):
+        load_pretrained(CLIPTokenizer, str(folder), what="tokenizer", subfolder="tokenizer")
+    assert len(load_pretrained(CLIPTokenizer, "tiny:sd", what="tokenizer", subfolder="tokenizer")) == 49408
+
+
 def test_a_hub_id_with_the_hub_unreachable_fails_fast_with_the_offline_message(monkeypatch):
     """Without HF_HUB_OFFLINE and without a network, a Hub id once cost half a minute of retries and a vague
     message; now the endpoint is probed once and the load goes to the local cache only."""

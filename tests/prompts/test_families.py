@@ -190,6 +190,25 @@ def test_an_sd3_pipeline_saved_without_its_t5_is_refused_for_the_missing_encoder
         StyleTextEncoder.load(str(folder))
 
 
+def test_every_text_encoder_loads_in_the_dtype_asked_for(_tiny_cache):
+    enc = StyleTextEncoder.load("tiny:sd3", dtype=torch.bfloat16)
+    assert [m.dtype for m in enc.members] == [torch.bfloat16] * 3 and enc.dtype == torch.bfloat16
+    assert all(not m.model.training for m in enc.members)  # eval mode: T5's dropout off
+    assert [m.dtype for m in StyleTextEncoder.load("tiny:sd3").members] == [torch.float32] * 3
+
+
+def test_a_missing_tokenizer_folder_names_the_component(tmp_path, _tiny_cache):
+    import shutil
+
+    from dfkd.models import resolve_model_id
+
+    folder = tmp_path / "broken"
+    shutil.copytree(resolve_model_id("tiny:flux"), folder)
+    shutil.rmtree(folder / "tokenizer_2")
+    with pytest.raises(UserError, match=r"cannot load tokenizer \(tokenizer_2\) from local folder"):
+        StyleTextEncoder.load(str(folder))
+
+
 def test_the_tiny_t5_tokenizer_is_built_offline_and_loads_back(tmp_path):
     from transformers import AutoTokenizer
 
