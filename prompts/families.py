@@ -128,7 +128,6 @@ class PipelineTextEncoder:
         self.family, self.members = family, list(members)
         self.splits = [m.embedding_dim for m in self.members]
         self.identity = EncoderIdentity(model_id, sum(self.splits))
-        self.max_length = max(m.max_length for m in self.members)
 
     @classmethod
     def from_components(cls, family: str, components: dict, model_id: str) -> StyleTextEncoder | PipelineTextEncoder:

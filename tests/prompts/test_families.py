@@ -148,6 +148,14 @@ def test_contrastive_learning_moves_every_encoders_segment_and_lowers_the_loss(_
     assert last < first, (first, last)
 
 
+def test_a_pipeline_text_encoder_is_only_for_the_families_with_several_encoders(_tiny_cache):
+    members = StyleTextEncoder.load("tiny:sdxl").members
+    for family in ("sd", "sdxl2", "SDXL"):
+        with pytest.raises(ValueError, match=f"drives sdxl, sd3 or flux, not '{family}'"):
+            PipelineTextEncoder(family, members, "x")
+    assert PipelineTextEncoder("sdxl", members, "x").identity.embedding_dim == 64
+
+
 def test_family_is_read_from_the_text_encoders_a_pipeline_names():
     assert family_of({"text_encoder": "CLIPTextModel"}) == "sd"
     assert family_of({"text_encoder": "CLIPTextModel", "text_encoder_2": "CLIPTextModelWithProjection"}) == "sdxl"
