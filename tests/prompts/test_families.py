@@ -196,6 +196,24 @@ def test_an_sd3_pipeline_saved_without_its_t5_is_refused_for_the_missing_encoder
                      "StableDiffusion3Pipeline") == "sd3"
     with pytest.raises(UserError, match=r"\(sd3\) has no text_encoder_3 or tokenizer_3; every text encoder"):
         StyleTextEncoder.load(str(folder))
+    # the synth backend reads the loaded pipeline rather than its index: SD 3 loaded without T5, as users do to save
+    # memory (text_encoder_3=None), is refused there too, before any image
+    from diffusers import StableDiffusion3Pipeline
+
+    from synth.backends.diffusion import DiffusionBackend
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(resolve_model_id("tiny:sd3"), text_encoder_3=None, tokenizer_3=None)
+    with pytest.raises(UserError, match=r"\(sd3\) has no text_encoder_3 or tokenizer_3"):
+        DiffusionBackend(pipe, "tiny:sd3", steps=1, guidance_scale=0.0, resolution=32)
+    # and a component present without its tokenizer (or the reverse) is as missing as both
+    enc = StyleTextEncoder.load("tiny:flux")
+    parts = {"text_encoder": enc.members[0].model, "tokenizer": enc.members[0].tokenizer,
+             "text_encoder_2": enc.members[1].model, "tokenizer_2": None}
+    with pytest.raises(UserError, match=r"\(flux\) has no text_encoder_2 or tokenizer_2"):
+        PipelineTextEncoder.from_components("flux", parts, "x")
+    with pytest.raises(UserError, match=r"\(flux\) has no text_encoder_2 or tokenizer_2"):
+        PipelineTextEncoder.from_components("flux", {**parts, "tokenizer_2": enc.members[1].tokenizer,
+                                                     "text_encoder_2": None}, "x")
 
 
 def test_every_text_encoder_loads_in_the_dtype_asked_for(_tiny_cache):
