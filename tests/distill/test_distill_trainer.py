@@ -323,7 +323,10 @@ def test_missing_tensorboard_degrades_to_no_tracker_with_one_line(capsys, monkey
 #: runs ``python -m distill`` with one pause point: after its first checkpoint is committed it writes ``paused`` next to
 #: the checkpoints folder and waits there, so the test's signal lands at that moment on every machine, fast or slow
 _PAUSE_AFTER_FIRST_CHECKPOINT = """
-import runpy, sys, time
+import runpy, signal, sys, time
+# Ctrl-C as a terminal delivers it: a test runner started in the background (nohup, CI) passes SIGINT on ignored,
+# and a Python started with SIGINT ignored never raises KeyboardInterrupt (this is what made the old test skip)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import distill.trainer as trainer
 commit = trainer.save_checkpoint
 def commit_then_wait(run, step):

@@ -36,3 +36,22 @@ def read_rows(dataset_dir: Path) -> dict[tuple[int, int], dict]:
             assert key not in rows, f"duplicate key {key}"
             rows[key] = r
     return rows
+
+
+def load_backend(cfg, teacher):
+    """The configured synth backend, loaded on the CPU with ``teacher``."""
+    import torch
+
+    from synth.backends import get_backend
+
+    return get_backend(cfg.synth.backend).load(cfg, teacher=teacher, device=torch.device("cpu"))
+
+
+def records_and_encoding(cfg, backend, keys):
+    """The configured prompt method's records for ``keys`` ((label, index) pairs) and their encoding."""
+    from prompts.methods import create_prompt_method
+
+    method = create_prompt_method(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=cfg.seed,
+                                  run_dir=cfg.out)
+    records = [method.record(label, index) for label, index in keys]
+    return records, method.encode(records)

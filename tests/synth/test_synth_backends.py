@@ -4,34 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from synth_helpers import CLIP_GUIDED, fast_config
+from synth_helpers import CLIP_GUIDED, fast_config, load_backend, records_and_encoding
 
 from dfkd.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def teacher(_tiny_cache):
-    from prompts.teacher import ClipTeacher
-
-    t = ClipTeacher.load("tiny:clip")
-    t.set_classes(["dog", "guitar", "house"], "short_7")
-    return t
-
-
-def _load(cfg, teacher):
-    from synth.backends import get_backend
-
-    return get_backend(cfg.synth.backend).load(cfg, teacher=teacher, device=torch.device("cpu"))
-
-
-def _records(cfg, backend, keys):
-    from prompts.methods import create_prompt_method
-
-    method = create_prompt_method(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=cfg.seed,
-                                  run_dir=cfg.out)
-    records = [method.record(label, index) for label, index in keys]
-    return records, method.encode(records)
-
 
 KEYS = [(0, 0), (1, 0), (2, 0), (0, 1)]
 
@@ -39,14 +14,14 @@ KEYS = [(0, 0), (1, 0), (2, 0), (0, 1)]
 @pytest.fixture(scope="module")
 def diffusion(tmp_path_factory, teacher):
     cfg = fast_config(tmp_path_factory.mktemp("diff"))
-    return cfg, _load(cfg, teacher)
+    return cfg, load_backend(cfg, teacher)
 
 
 @pytest.mark.parametrize("method", ["plain", "handcrafted", "mix", "random"])
 def test_diffusion_every_method_gives_images_in_range(diffusion, method):
     cfg, backend = diffusion
     cfg.prompts.method = method
-    records, enc = _records(cfg, backend, KEYS)
+    records, enc = records_and_encoding(cfg, backend, KEYS)
     images = backend.generate(records, enc)
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1 and images.std() > 0
@@ -58,8 +33,8 @@ def test_diffusion_contrastive_after_learning(tmp_path, teacher):
     cfg = fast_config(tmp_path, "prompts.method=contrastive", "prompts.contrastive.steps=2",
                       "prompts.contrastive.num_styles=4", "prompts.contrastive.class_batch=3")
     assert learn(cfg, None) == 0
-    backend = _load(cfg, teacher)
-    records, enc = _records(cfg, backend, KEYS)
+    backend = load_backend(cfg, teacher)
+    records, enc = records_and_encoding(cfg, backend, KEYS)
     assert {r.style_id for r in records} <= set(range(4))
     assert backend.generate(records, enc).shape == (4, 3, 32, 32)
 
@@ -67,10 +42,10 @@ def test_diffusion_contrastive_after_learning(tmp_path, teacher):
 def test_diffusion_fixed_seed_is_bit_exact_and_batch_independent(diffusion):
     cfg, backend = diffusion
     cfg.prompts.method = "mix"
-    records, enc = _records(cfg, backend, KEYS)
+    records, enc = records_and_encoding(cfg, backend, KEYS)
     a, b = backend.generate(records, enc), backend.generate(records, enc)
     assert torch.equal(a, b)  # same prompts and seeds: bit for bit on CPU
-    one, enc1 = _records(cfg, backend, [KEYS[2]])
+    one, enc1 = records_and_encoding(cfg, backend, [KEYS[2]])
     alone = backend.generate(one, enc1)
     # alone vs inside a batch: same noise (per-image generator), equal up to float rounding of batched kernels
     assert (alone[0] - a[2]).abs().max() < 1e-4
@@ -118,7 +93,7 @@ def test_diffusion_images_follow_the_prompt_embeddings(diffusion):
 
     cfg, backend = diffusion
     cfg.prompts.method = "plain"
-    records, enc = _records(cfg, backend, [(0, 0), (1, 0)])
+    records, enc = records_and_encoding(cfg, backend, [(0, 0), (1, 0)])
     records = [replace(r, seed=records[0].seed) for r in records]  # same noise, different prompts
     images = backend.generate(records, enc)
     expected = _pipeline_by_hand(cfg, records, [r.text for r in records])
@@ -135,10 +110,10 @@ def test_diffusion_guidance_uses_negative_embeddings(tmp_path, teacher):
 
     cfg = fast_config(tmp_path, "synth.guidance_scale=3.0", "synth.negative_prompt=blurry",
                       "synth.scheduler=EulerAncestralDiscreteScheduler", "prompts.method=plain")
-    backend = _load(cfg, teacher)
+    backend = load_backend(cfg, teacher)
     assert backend.negative_embeds.shape == (1, 77, 32)
     assert type(backend.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
-    records, enc = _records(cfg, backend, KEYS[:2])
+    records, enc = records_and_encoding(cfg, backend, KEYS[:2])
     a = backend.generate(records, enc)
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, backend.generate(records, enc))
     expected = _pipeline_by_hand(cfg, records, [r.text for r in records], "blurry", EulerAncestralDiscreteScheduler)
@@ -154,7 +129,7 @@ def test_diffusion_guidance_uses_negative_embeddings(tmp_path, teacher):
 ])
 def test_diffusion_refuses_bad_settings(tmp_path, teacher, override, message):
     with pytest.raises(UserError, match=message):
-        _load(fast_config(tmp_path, override), teacher)
+        load_backend(fast_config(tmp_path, override), teacher)
 
 
 def test_xformers_missing_names_the_extra(tmp_path, teacher):
@@ -163,7 +138,7 @@ def test_xformers_missing_names_the_extra(tmp_path, teacher):
     if importlib.util.find_spec("xformers") is not None:
         pytest.skip("xformers is installed")
     with pytest.raises(ImportError, match=r"dfkd\[gpu\]"):
-        _load(fast_config(tmp_path, "synth.attention=xformers"), teacher)
+        load_backend(fast_config(tmp_path, "synth.attention=xformers"), teacher)
 
 
 def test_unknown_backend_lists_valid_ones():
@@ -177,12 +152,12 @@ def test_unknown_backend_lists_valid_ones():
                                           ("fourier", "tiny:vqgan"), ("strokes", "tiny:vqgan")])
 def test_clip_guided_parameterizations(tmp_path, teacher, param, model):
     cfg = fast_config(tmp_path, *CLIP_GUIDED, f"synth.model={model}", f"synth.clip_guided.parameterization={param}")
-    backend = _load(cfg, teacher)
-    records, enc = _records(cfg, backend, KEYS[:3])
+    backend = load_backend(cfg, teacher)
+    records, enc = records_and_encoding(cfg, backend, KEYS[:3])
     a = backend.generate(records, enc)
     assert a.shape == (3, 3, 32, 32) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
     assert torch.equal(a, backend.generate(records, enc))
-    one, enc1 = _records(cfg, backend, [KEYS[1]])
+    one, enc1 = records_and_encoding(cfg, backend, [KEYS[1]])
     assert (backend.generate(one, enc1)[0] - a[1]).abs().max() < 1e-3  # its own seed, not its batch mates
 
 
@@ -191,8 +166,8 @@ def test_clip_guided_lowers_the_spherical_distance(tmp_path, teacher):
 
     cfg = fast_config(tmp_path, *CLIP_GUIDED, "synth.clip_guided.parameterization=pixels",
                       "synth.clip_guided.iterations=25", "synth.clip_guided.augmentations=[]")
-    backend = _load(cfg, teacher)
-    records, enc = _records(cfg, backend, KEYS[:2])
+    backend = load_backend(cfg, teacher)
+    records, enc = records_and_encoding(cfg, backend, KEYS[:2])
     start = backend.param.render(backend.param.init([torch.Generator().manual_seed(r.seed) for r in records]))
     end = backend.generate(records, enc)
     d = [spherical_distance(teacher.image_features(x), enc.features).mean() for x in (start, end)]
@@ -201,7 +176,7 @@ def test_clip_guided_lowers_the_spherical_distance(tmp_path, teacher):
 
 def test_clip_guided_resolution_the_decoder_cannot_make(tmp_path, teacher):
     with pytest.raises(UserError, match="multiple of 2"):
-        _load(fast_config(tmp_path, *CLIP_GUIDED, "synth.resolution=33"), teacher)
+        load_backend(fast_config(tmp_path, *CLIP_GUIDED, "synth.resolution=33"), teacher)
 
 
 def test_spherical_distance_invariants():
@@ -300,11 +275,11 @@ def test_clip_guided_over_a_pipeline_uses_its_vae(tmp_path, teacher):
     from dfkd.models import resolve_model_id
 
     cfg = fast_config(tmp_path, *CLIP_GUIDED, "synth.model=tiny:sd", "synth.clip_guided.parameterization=decoder")
-    backend = _load(cfg, teacher)
+    backend = load_backend(cfg, teacher)
     own = AutoencoderKL.from_pretrained(resolve_model_id("tiny:sd"), subfolder="vae")
     assert isinstance(backend.param.ae, AutoencoderKL)
     assert all(torch.equal(a, b) for a, b in zip(backend.param.ae.state_dict().values(), own.state_dict().values()))
-    records, enc = _records(cfg, backend, KEYS[:2])
+    records, enc = records_and_encoding(cfg, backend, KEYS[:2])
     a = backend.generate(records, enc)
     assert a.shape == (2, 3, 32, 32) and 0 <= a.min() and a.max() <= 1 and torch.equal(a, backend.generate(records, enc))
 
@@ -312,7 +287,7 @@ def test_clip_guided_over_a_pipeline_uses_its_vae(tmp_path, teacher):
 def test_clip_guided_over_a_model_without_an_autoencoder_is_one_line(tmp_path, teacher):
     cfg = fast_config(tmp_path, *CLIP_GUIDED, "synth.model=tiny:clip", "synth.clip_guided.parameterization=decoder")
     with pytest.raises(UserError, match="cannot load autoencoder"):
-        _load(cfg, teacher)
+        load_backend(cfg, teacher)
 
 
 def test_clip_guided_with_a_hub_id_and_the_hub_unreachable_fails_fast_and_quietly(tmp_path, teacher, monkeypatch):
@@ -336,6 +311,6 @@ def test_clip_guided_with_a_hub_id_and_the_hub_unreachable_fails_fast_and_quietl
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(UserError) as info:
-            _load(cfg, teacher)
+            load_backend(cfg, teacher)
     assert time.perf_counter() - start < 10
     assert str(info.value).startswith("cannot load autoencoder 'someone/not-cached': the Hub is offline")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fixtures import TINY_YAML, diffusers_prompt_embeds, tiny_family_pipeline
-from synth_helpers import fast_config
+from synth_helpers import fast_config, load_backend, records_and_encoding
 
 from dfkd.errors import UserError
 
@@ -14,34 +14,12 @@ FAMILIES = ["sdxl", "sd3", "flux"]
 KEYS = [(0, 0), (1, 0), (2, 0), (0, 1)]
 
 
-@pytest.fixture(scope="module")
-def teacher(_tiny_cache):
-    from prompts.teacher import ClipTeacher
-
-    t = ClipTeacher.load("tiny:clip")
-    t.set_classes(["dog", "guitar", "house"], "short_7")
-    return t
-
-
-def _load(cfg, teacher):
-    from synth.backends import get_backend
-
-    return get_backend(cfg.synth.backend).load(cfg, teacher=teacher, device=torch.device("cpu"))
-
-
-def _records(cfg, backend, keys):
-    from prompts.methods import create_prompt_method
-
-    method = create_prompt_method(cfg.prompts, classes=cfg.classes, encoder=backend.text_encoder, seed=cfg.seed,
-                                  run_dir=cfg.out)
-    records = [method.record(label, index) for label, index in keys]
-    return records, method.encode(records)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def loaded(request, tmp_path_factory, teacher):
     cfg = fast_config(tmp_path_factory.mktemp(request.param), f"synth.model=tiny:{request.param}")
-    return request.param, cfg, _load(cfg, teacher)
+    return request.param, cfg, load_backend(cfg, teacher)
 
 
 @pytest.mark.parametrize("method", ["plain", "handcrafted", "mix", "random"])
@@ -49,7 +27,7 @@ def test_every_method_gives_images_in_range(loaded, method):
     family, cfg, backend = loaded
     assert backend.family == family
     cfg.prompts.method = method
-    records, enc = _records(cfg, backend, KEYS)
+    records, enc = records_and_encoding(cfg, backend, KEYS)
     images = backend.generate(records, enc)
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1 and images.std() > 0
@@ -63,8 +41,8 @@ def test_contrastive_styles_learned_for_the_family_drive_it(tmp_path, teacher, f
     cfg = fast_config(tmp_path, f"synth.model=tiny:{family}", "prompts.method=contrastive",
                       "prompts.contrastive.steps=2", "prompts.contrastive.num_styles=4", "prompts.contrastive.class_batch=3")
     assert learn(cfg, None) == 0
-    backend = _load(cfg, teacher)
-    records, enc = _records(cfg, backend, KEYS)
+    backend = load_backend(cfg, teacher)
+    records, enc = records_and_encoding(cfg, backend, KEYS)
     assert {r.style_id for r in records} <= set(range(4))
     assert records[0].style_vector.shape[-1] == backend.text_encoder.embedding_dim == sum(backend.text_encoder.splits)
     assert backend.generate(records, enc).shape == (4, 3, 32, 32)
@@ -90,7 +68,7 @@ def test_images_are_the_pipelines_own_for_the_prompts(loaded):
 
     family, cfg, backend = loaded
     cfg.prompts.method = "handcrafted"
-    records, enc = _records(cfg, backend, [(0, 0), (1, 0)])
+    records, enc = records_and_encoding(cfg, backend, [(0, 0), (1, 0)])
     records = [replace(r, seed=records[0].seed) for r in records]
     images = backend.generate(records, enc)
     expected = _by_hand(family, cfg, records, [r.text for r in records])
@@ -102,9 +80,9 @@ def test_images_are_the_pipelines_own_for_the_prompts(loaded):
 def test_guidance_uses_the_negative_prompt_and_its_pooled_embedding(tmp_path, teacher, family):
     cfg = fast_config(tmp_path, f"synth.model=tiny:{family}", "synth.guidance_scale=3.0",
                       "synth.negative_prompt=blurry", "prompts.method=plain")
-    backend = _load(cfg, teacher)
+    backend = load_backend(cfg, teacher)
     assert backend.uses_negative and backend.negative_pooled is not None
-    records, enc = _records(cfg, backend, KEYS[:2])
+    records, enc = records_and_encoding(cfg, backend, KEYS[:2])
     a = backend.generate(records, enc)
     assert (a - _by_hand(family, cfg, records, [r.text for r in records], "blurry")).abs().max() < 1e-4
     other = backend.text_encoder.encode_text(["a bright colourful photo"])
@@ -113,26 +91,26 @@ def test_guidance_uses_the_negative_prompt_and_its_pooled_embedding(tmp_path, te
 
 
 def test_sdxl_empty_negative_prompt_is_zeros_as_the_pipeline_makes_it(tmp_path, teacher):
-    backend = _load(fast_config(tmp_path, "synth.model=tiny:sdxl", "synth.guidance_scale=2.0"), teacher)
+    backend = load_backend(fast_config(tmp_path, "synth.model=tiny:sdxl", "synth.guidance_scale=2.0"), teacher)
     assert backend.pipe.config.force_zeros_for_empty_prompt
     assert not backend.negative_embeds.any() and not backend.negative_pooled.any()
 
 
 def test_flux_guidance_is_distilled_and_takes_no_negative_prompt(tmp_path, teacher):
-    backend = _load(fast_config(tmp_path, "synth.model=tiny:flux", "synth.guidance_scale=3.5",
+    backend = load_backend(fast_config(tmp_path, "synth.model=tiny:flux", "synth.guidance_scale=3.5",
                                 "synth.negative_prompt=blurry"), teacher)
     assert not backend.uses_negative and backend.negative_embeds is None
 
 
 def test_memory_options_reach_the_vae_and_offload_refuses_a_cpu(tmp_path, teacher):
-    backend = _load(fast_config(tmp_path, "synth.model=tiny:sdxl", "synth.vae_tiling=true", "synth.vae_slicing=true"),
+    backend = load_backend(fast_config(tmp_path, "synth.model=tiny:sdxl", "synth.vae_tiling=true", "synth.vae_slicing=true"),
                     teacher)
     assert backend.pipe.vae.use_tiling and backend.pipe.vae.use_slicing
-    plain = _load(fast_config(tmp_path, "synth.model=tiny:sdxl"), teacher)
+    plain = load_backend(fast_config(tmp_path, "synth.model=tiny:sdxl"), teacher)
     assert not plain.pipe.vae.use_tiling and not plain.pipe.vae.use_slicing
     for mode in ("model", "sequential"):
         with pytest.raises(UserError, match=f"synth.offload={mode} moves components to a GPU"):
-            _load(fast_config(tmp_path, "synth.model=tiny:flux", f"synth.offload={mode}"), teacher)
+            load_backend(fast_config(tmp_path, "synth.model=tiny:flux", f"synth.offload={mode}"), teacher)
 
 
 def test_offload_on_a_cpu_is_refused_by_dfkd_run_before_any_stage(tmp_path, capsys):
@@ -147,4 +125,4 @@ def test_offload_on_a_cpu_is_refused_by_dfkd_run_before_any_stage(tmp_path, caps
 
 def test_a_resolution_the_family_cannot_make_names_the_multiple(tmp_path, teacher):
     with pytest.raises(UserError, match=r"synth.resolution=36 cannot be produced by 'tiny:flux' \(needs a multiple"):
-        _load(fast_config(tmp_path, "synth.model=tiny:flux", "synth.resolution=36"), teacher)
+        load_backend(fast_config(tmp_path, "synth.model=tiny:flux", "synth.resolution=36"), teacher)
