@@ -125,15 +125,13 @@ class StyleTextEncoder:
 
         from dfkd.models import load_pretrained, resolve_model_id
 
-        from .families import PipelineTextEncoder, family_of, pipeline_index
+        from .families import PipelineTextEncoder, family_of_index, pipeline_index
 
         path = resolve_model_id(model_id)
         if kind not in ("auto", "clip", "pipeline"):
             raise ValueError(f"kind must be auto, clip or pipeline, got {kind!r}")
         index = pipeline_index(path)
-        family = None if index is None else family_of(PipelineTextEncoder.index_classes(index),
-                                                       str(index.get("_class_name", "")))
-        if family not in (None, "sd") and kind != "clip":
+        if index is not None and family_of_index(index) != "sd" and kind != "clip":
             return PipelineTextEncoder.load(model_id, index, device=device, dtype=dtype,
                                             trust_remote_code=trust_remote_code)
         if kind == "pipeline" or (kind == "auto" and index is not None):

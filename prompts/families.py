@@ -78,6 +78,11 @@ def family_of(components: dict[str, str | None], pipeline_class: str = "") -> st
     return "sd"
 
 
+def family_of_index(index: dict) -> str:
+    """The family of the pipeline whose ``model_index.json`` is ``index``."""
+    return family_of(index_classes(index), str(index.get("_class_name", "")))
+
+
 def family_of_pipeline(pipe) -> str:
     """The family of a loaded pipeline, from its text-encoder components."""
     names = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -160,7 +165,7 @@ class PipelineTextEncoder:
         from dfkd.models import load_pretrained
 
         classes = index_classes(index)
-        family = family_of(classes, str(index.get("_class_name", "")))
+        family = family_of_index(index)
         components = {}
         for m in FAMILIES[family]:
             for name, what in ((m.encoder, "text encoder"), (m.tokenizer, "tokenizer")):
@@ -178,8 +183,6 @@ class PipelineTextEncoder:
         return cls.from_components(family, components, model_id)
 
     # ------------------------------------------------------------------ StyleTextEncoder's interface
-    index_classes = staticmethod(index_classes)
-
     @property
     def device(self) -> torch.device:
         return self.members[0].device

@@ -79,11 +79,10 @@ def random_styles(stats: EmbeddingStats, count: int, n_tokens: int, seed: int, r
     """
     z = np.random.default_rng(seed).standard_normal((count, n_tokens, stats.mean.numel()))
     s = stats.mean + stats.std * torch.from_numpy(z).float()
-    if rescale and stats.splits:
-        return torch.cat([seg * (norm / seg.norm(dim=-1, keepdim=True))
-                          for seg, norm in zip(s.split(list(stats.splits), dim=-1), stats.norms)], dim=-1)
-    if rescale:
-        s = s * (stats.median_norm / s.norm(dim=-1, keepdim=True))
+    if rescale:  # one encoder is one segment at the median row norm
+        splits, norms = (list(stats.splits), stats.norms) if stats.splits else ([s.shape[-1]], (stats.median_norm,))
+        s = torch.cat([seg * (norm / seg.norm(dim=-1, keepdim=True)) for seg, norm in zip(s.split(splits, dim=-1), norms)],
+                      dim=-1)
     return s
 
 

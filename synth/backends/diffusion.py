@@ -71,12 +71,17 @@ def check_pipeline(pipe, model_id: str, resolution: int) -> None:
                         f"{multiple}); use {max(lo, multiple)} or {hi}")
 
 
+def check_offload(offload: str, on_gpu: bool, device: str) -> None:
+    """``synth.offload`` moves components to a GPU: refused without one."""
+    if offload != "none" and not on_gpu:
+        raise UserError(f"synth.offload={offload} moves components to a GPU while they run, but synth.device is "
+                        f"{device} and no GPU is in use; set synth.offload=none on a CPU")
+
+
 def _place(pipe, device: torch.device, offload: str, vae_tiling: bool, vae_slicing: bool):
     """Put the pipeline on ``device`` (or offload it to the CPU between uses) and set the VAE's memory options."""
     if offload != "none":
-        if device.type != "cuda":
-            raise UserError(f"synth.offload={offload} moves components to a GPU while they run, but synth.device is "
-                            f"{device}; set synth.offload=none on a CPU")
+        check_offload(offload, device.type == "cuda", str(device))
         getattr(pipe, f"enable_{offload}_cpu_offload")(device=device)
     else:
         pipe = pipe.to(device)
@@ -98,8 +103,8 @@ class DiffusionBackend(Backend):
         self.pipe = pipe
         self.steps, self.guidance_scale, self.resolution = steps, guidance_scale, resolution
         self.generator_id = f"diffusion:{model_id}"
-        self.family = family_of_pipeline(pipe)
         self._encoder = PipelineTextEncoder.from_pipeline(pipe, model_id)
+        self.family = getattr(self._encoder, "family", "sd")  # a single CLIP encoder: SD 1.x/2.x/Turbo
         self.negative_embeds: torch.Tensor | None = None  #: ``(1, L, h)`` negative prompt (used when guidance > 1)
         self.negative_pooled: torch.Tensor | None = None  #: ``(1, P)`` its pooled embedding (SDXL, SD 3)
 
@@ -119,10 +124,8 @@ class DiffusionBackend(Backend):
     def preflight(cls, cfg) -> None:
         """``synth.offload`` needs a GPU: refused on a CPU before any stage starts."""
         s = cfg.synth
-        on_gpu = s.device.startswith("cuda") or (s.device == "auto" and torch.cuda.is_available())
-        if s.offload != "none" and not on_gpu:
-            raise UserError(f"synth.offload={s.offload} moves components to a GPU while they run, but synth.device is "
-                            f"{s.device} and no GPU is in use; set synth.offload=none on a CPU")
+        check_offload(s.offload, s.device.startswith("cuda") or (s.device == "auto" and torch.cuda.is_available()),
+                      s.device)
 
     @classmethod
     def load(cls, cfg, *, teacher, device: torch.device) -> DiffusionBackend:
